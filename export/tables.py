@@ -1,0 +1,113 @@
+"""Task n-gram tables for a target model, from reference outputs and/or its own generations.
+
+The base model's outputs can drift far from a dataset's references (it answers in its own
+words, formats, loops), and a drafter predicts the *model*, not the reference. So besides the
+reference outputs we can count the target's own greedy generations on the train prompts.
+Generating is slow, so it is resumable: each finished row is appended (and flushed) to
+`<out>.generated.jsonl.partial`; a re-run skips the rows already there, and the file is renamed
+to `<out>.generated.jsonl` only when every row is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasc_edge.decode import GenerateConfig, generate
+from tasc_edge.drafters import make_drafter
+from tasc_edge.errors import TascError
+from tasc_edge.ngram import NgramTable
+from tasc_edge.runtime.llama_backend import LlamaCppBackend
+from tasc_edge.runtime.models import resolve_model
+from tasc_edge.tasks import build_task_table, load_task
+
+
+@dataclass
+class ExportTablesConfig:
+    task: str
+    out: str
+    corpus: str = "reference"  # reference | generated | both
+    train_limit: int | None = None
+    max_new_tokens: int = 160
+    max_order: int = 4
+    model: str | None = None
+    quant: str = "as-is"
+    n_ctx: int = 4096
+    threads: int | None = None
+
+
+def export_tables(cfg: ExportTablesConfig, log=print) -> NgramTable:
+    if cfg.corpus not in ("reference", "generated", "both"):
+        raise TascError(f"unknown corpus {cfg.corpus!r}")
+    task = load_task(cfg.task)
+    out = Path(cfg.out)
+    with LlamaCppBackend(resolve_model(cfg.model, cfg.quant), n_ctx=cfg.n_ctx,
+                         n_threads=cfg.threads) as backend:
+        end = backend.end_of_turn()
+        reference = build_task_table([r.output for r in task.train], backend.tokenize, end,
+                                     backend.tokenizer_hash, cfg.max_order)
+        sequences: list[list[int]] = []
+        if cfg.corpus in ("reference", "both"):
+            sequences += [[*backend.tokenize(r.output), end] for r in task.train if r.output.strip()]
+        if cfg.corpus in ("generated", "both"):
+            rows = task.train[: cfg.train_limit] if cfg.train_limit else task.train
+            sequences += generated_corpus(backend, rows, reference, cfg, out, log)
+        table = NgramTable.build(sequences, backend.tokenizer_hash, cfg.max_order)
+    table.save(out)
+    log(f"wrote {out}: {table.n_sequences} sequences, {table.n_tokens} tokens, "
+        f"{table.nbytes / 1e6:.2f} MB in memory, {out.stat().st_size / 1e6:.2f} MB on disk")
+    return table
+
+
+def generated_corpus(backend: LlamaCppBackend, rows, reference: NgramTable,
+                     cfg: ExportTablesConfig, out: Path, log) -> list[list[int]]:
+    final = out.with_name(out.name + ".generated.jsonl")
+    partial = final.with_name(final.name + ".partial")
+    done: dict[str, list[int]] = {}
+    if final.is_file():
+        done = _read_generated(final, backend.tokenizer_hash)
+    elif partial.is_file():
+        done = _read_generated(partial, backend.tokenizer_hash)
+        log(f"resuming: {len(done)} of {len(rows)} generations already in {partial}")
+    todo = [r for r in rows if r.id not in done]
+    if todo:
+        # TASC-spec with the reference table: exact greedy output, just sooner
+        drafter = make_drafter("tasc-spec", reference)
+        gen_cfg = GenerateConfig(cfg.max_new_tokens, stop_tokens=backend.stop_tokens)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with open(partial, "a", encoding="utf-8") as f:
+            for i, row in enumerate(todo, start=1):
+                g = generate(backend, backend.chat_prompt(row.prompt), drafter, gen_cfg)
+                ids = g.tokens + ([backend.end_of_turn()] if g.finish_reason == "stop" else [])
+                f.write(json.dumps({"id": row.id, "tokens": ids, "output": backend.detokenize(g.tokens),
+                                    "tokenizer_hash": backend.tokenizer_hash}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                done[row.id] = ids
+                if i % 10 == 0 or i == len(todo):
+                    rate = i / (time.perf_counter() - start)
+                    log(f"generated {i}/{len(todo)} ({rate:.2f} rows/s, "
+                        f"ETA {(len(todo) - i) / rate:.0f} s)")
+    if not final.is_file():
+        os.replace(partial, final)
+    return [done[r.id] for r in rows if r.id in done and len(done[r.id]) >= 2]
+
+
+def _read_generated(path: Path, tokenizer_hash: str) -> dict[str, list[int]]:
+    done: dict[str, list[int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                # a line cut by an interrupt is the last one; everything before it is whole
+                break
+            if obj.get("tokenizer_hash") != tokenizer_hash:
+                raise TascError(f"{path}:{lineno}: generated with another tokenizer; delete the "
+                                "file to regenerate with this model")
+            done[obj["id"]] = obj["tokens"]
+    return done

@@ -1,0 +1,1 @@
+"""Device side: llama.cpp backend, model location, `run` orchestration."""

