@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tasc_edge.cost import CostCurve, measure_cost_curve
-from tasc_edge.decode import GenerateConfig, Generation, generate
+from tasc_edge.decode import GenerateConfig, Generation, batch_invariant, generate
 from tasc_edge.drafters import METHODS, NgramDraftConfig, make_drafter
 from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_text
@@ -45,6 +45,7 @@ class RunConfig:
     max_draft: int = 12
     adaptive: bool = True  # draft length from the measured cost curve and calibrated confidence
     compare: bool = True  # also decode plain for every row (speed-up, identical check)
+    allow_inexact: bool = False  # run speculative greedy even if batching is not bit-exact
 
 
 @dataclass
@@ -92,6 +93,15 @@ def task_table(backend: LlamaCppBackend, task: Task, cfg: RunConfig) -> NgramTab
                             backend.end_of_turn(), backend.tokenizer_hash, cfg.max_order)
 
 
+def check_exact_batching(backend: LlamaCppBackend, k: int) -> None:
+    probe = backend.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
+    if not batch_invariant(backend, probe[:16], probe[16 : 16 + k]):
+        raise TascError(f"{backend.model_path.name}: llama.cpp's batched forward is not bit-identical "
+                        "to one-token forwards for this model (F32/F16 weights use another kernel), "
+                        "so greedy speculative output could differ from plain; use --quant q8_0 or "
+                        "q4_0, or pass --allow-inexact")
+
+
 def run_task(cfg: RunConfig, log=print) -> RunSummary:
     if cfg.method not in METHODS:
         raise TascError(f"unknown --method {cfg.method!r}; choose one of {', '.join(METHODS)}")
@@ -104,6 +114,8 @@ def run_task(cfg: RunConfig, log=print) -> RunSummary:
     with LlamaCppBackend(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads) as backend:
         table = task_table(backend, task, cfg) if cfg.method == "tasc-spec" else None
         drafter = make_drafter(cfg.method, table, NgramDraftConfig(max_order=cfg.max_order))
+        if drafter is not None and sampling.greedy and not cfg.allow_inexact:
+            check_exact_batching(backend, cfg.max_draft + 1)
         curve = measure_cost_curve(backend, max_k=cfg.max_draft + 1)
         log(f"model {model_path.name} ({cfg.quant}), {backend.n_threads} threads; t(1) = "
             f"{curve.step_seconds * 1e3:.1f} ms, t(k)/t(1) for k=1..{len(curve.ratios)}: "

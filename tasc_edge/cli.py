@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fixed-gamma", action="store_true",
                      help="draft as far as the n-grams reach, ignoring the cost curve")
     run.add_argument("--no-compare", action="store_true", help="skip the plain run per row")
+    run.add_argument("--allow-inexact", action="store_true",
+                     help="run speculative greedy on a model whose batched forward is not "
+                          "bit-identical to one-token forwards (output may differ from plain)")
     run.add_argument("--json", dest="json_path", help="write the run summary here")
     _add_model_args(run)
 
@@ -86,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed, model=args.model,
                     quant=args.quant, n_ctx=args.n_ctx, threads=args.threads, table=args.table,
                     max_draft=args.max_draft, adaptive=not args.fixed_gamma,
-                    compare=not args.no_compare)
+                    compare=not args.no_compare, allow_inexact=args.allow_inexact)
     summary = run_task(cfg)
     print()
     print(format_summary(summary))

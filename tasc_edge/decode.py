@@ -35,6 +35,20 @@ class Backend(Protocol):
         """Drop the last `n` tokens from the cache."""
 
 
+def batch_invariant(backend: Backend, context: Sequence[int], probe: Sequence[int]) -> bool:
+    """Does one forward over k tokens give bit-for-bit the logits of k one-token forwards?
+
+    Greedy exactness rests on this: verification reads the logits of a batched forward, plain
+    decoding those of one-token forwards. llama.cpp with flash attention and quantized weights
+    passes; F32 weights take a different matmul kernel for batches and do not.
+    """
+    backend.prefill(context)
+    batched = backend.forward(probe)
+    backend.prefill(context)
+    single = np.concatenate([backend.forward([t]) for t in probe])
+    return bool(np.array_equal(batched, single))
+
+
 @dataclass
 class Draft:
     """Proposed continuation. confidence[i]: estimated P(token i accepted | tokens before it

@@ -28,7 +28,11 @@ def vocab(extra: list[str] | None = None) -> tuple[list[str], list[float], list[
 
 def write_tiny_gguf(path: Path, seed: int = 0, n_embd: int = 64, n_layer: int = 2,
                     n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128, n_ctx: int = 512,
-                    extra_tokens: list[str] | None = None, scale: float = 1.0) -> Path:
+                    extra_tokens: list[str] | None = None, scale: float = 1.0,
+                    qtype: str = "Q8_0") -> Path:
+    """qtype: "Q8_0" (default, like deployed models) or "F32". With quantized weights llama.cpp
+    quantizes activations per row, so a k-token forward reproduces k one-token forwards bit for
+    bit; F32 weights take a different kernel for batches and do not (see test_decode_llama)."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -50,7 +54,15 @@ def write_tiny_gguf(path: Path, seed: int = 0, n_embd: int = 64, n_layer: int = 
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(head_dim)
     writer.add_vocab_size(n_vocab)
-    writer.add_file_type(0)  # all F32
+    qt = gguf.GGMLQuantizationType[qtype]
+    writer.add_file_type(0 if qtype == "F32" else 7)  # ALL_F32 / MOSTLY_Q8_0
+
+    def matrix(name: str, arr: np.ndarray) -> None:
+        if qtype == "F32":
+            writer.add_tensor(name, arr)
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(arr, qt), raw_dtype=qt)
+
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -61,20 +73,20 @@ def write_tiny_gguf(path: Path, seed: int = 0, n_embd: int = 64, n_layer: int = 
     writer.add_add_bos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
 
-    writer.add_tensor("token_embd.weight", w(n_vocab, n_embd, std=1.0))
+    matrix("token_embd.weight", w(n_vocab, n_embd, std=1.0))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
-    writer.add_tensor("output.weight", w(n_vocab, n_embd, std=scale * 0.5 / np.sqrt(n_embd) * 8))
+    matrix("output.weight", w(n_vocab, n_embd, std=scale * 0.5 / np.sqrt(n_embd) * 8))
     for i in range(n_layer):
         p = f"blk.{i}."
         writer.add_tensor(p + "attn_norm.weight", np.ones(n_embd, np.float32))
-        writer.add_tensor(p + "attn_q.weight", w(n_embd, n_embd, std=1 / np.sqrt(n_embd)))
-        writer.add_tensor(p + "attn_k.weight", w(n_head_kv * head_dim, n_embd, std=1 / np.sqrt(n_embd)))
-        writer.add_tensor(p + "attn_v.weight", w(n_head_kv * head_dim, n_embd, std=1 / np.sqrt(n_embd)))
-        writer.add_tensor(p + "attn_output.weight", w(n_embd, n_embd, std=1 / np.sqrt(n_embd)))
+        matrix(p + "attn_q.weight", w(n_embd, n_embd, std=1 / np.sqrt(n_embd)))
+        matrix(p + "attn_k.weight", w(n_head_kv * head_dim, n_embd, std=1 / np.sqrt(n_embd)))
+        matrix(p + "attn_v.weight", w(n_head_kv * head_dim, n_embd, std=1 / np.sqrt(n_embd)))
+        matrix(p + "attn_output.weight", w(n_embd, n_embd, std=1 / np.sqrt(n_embd)))
         writer.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, np.float32))
-        writer.add_tensor(p + "ffn_gate.weight", w(n_ff, n_embd, std=1 / np.sqrt(n_embd)))
-        writer.add_tensor(p + "ffn_up.weight", w(n_ff, n_embd, std=1 / np.sqrt(n_embd)))
-        writer.add_tensor(p + "ffn_down.weight", w(n_embd, n_ff, std=1 / np.sqrt(n_ff)))
+        matrix(p + "ffn_gate.weight", w(n_ff, n_embd, std=1 / np.sqrt(n_embd)))
+        matrix(p + "ffn_up.weight", w(n_ff, n_embd, std=1 / np.sqrt(n_embd)))
+        matrix(p + "ffn_down.weight", w(n_embd, n_ff, std=1 / np.sqrt(n_ff)))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -1,0 +1,189 @@
+"""Exactness of the decode loop on real llama.cpp with a tiny random-weight GGUF.
+
+Greedy: speculative output == plain greedy output token for token, for drafters that are
+always right, always wrong, partly right, random, over-long, n-gram based, and under stop,
+max-token and context limits. Sampling: the committed tokens follow the target distribution
+(chi-square against the exact two-token joint distribution computed from the model's logits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stats import chi_square_pvalue
+from tasc_edge.cost import CostCurve, measure_cost_curve
+from tasc_edge.decode import Draft, GenerateConfig, batch_invariant, generate
+from tasc_edge.drafters import NgramDrafter
+from tasc_edge.errors import TascError
+from tasc_edge.ngram import NgramTable
+from tasc_edge.verify import SamplingConfig, target_probs
+from tiny_gguf import write_tiny_gguf
+
+llama_backend = pytest.importorskip("tasc_edge.runtime.llama_backend")
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    path = write_tiny_gguf(tmp_path_factory.mktemp("m") / "tiny.gguf", seed=3)
+    with llama_backend.LlamaCppBackend(path, n_ctx=256, n_threads=2) as b:
+        yield b
+
+
+class OracleDrafter:
+    """Knows the plain greedy continuation; corrupts each draft token with probability
+    `error_rate`, drafts `length` tokens (possibly past the end of the reference)."""
+
+    def __init__(self, reference: list[int], error_rate: float, length: int, n_vocab: int, seed: int):
+        self.reference, self.error_rate, self.length, self.n_vocab = reference, error_rate, length, n_vocab
+        self.rng = np.random.default_rng(seed)
+        self.pos = 0
+
+    def begin(self, prompt):
+        self.pos = 0
+
+    def draft(self, max_tokens):
+        toks = []
+        for j in range(min(self.length, max_tokens)):
+            i = self.pos + j
+            right = self.reference[i] if i < len(self.reference) else int(self.rng.integers(self.n_vocab))
+            toks.append(int(self.rng.integers(self.n_vocab)) if self.rng.random() < self.error_rate else right)
+        return Draft(toks, [0.9] * len(toks))
+
+    def update(self, draft, n_accepted, committed):
+        self.pos += len(committed)
+
+
+def prompts(backend, n=12):
+    rng = np.random.default_rng(7)
+    words = ["the", "large", "coffee", "order", "milk", "json", "two", "hello", "size", "drink"]
+    return [backend.chat_prompt(" ".join(rng.choice(words, size=rng.integers(1, 12))))
+            for _ in range(n)]
+
+
+def plain(backend, prompt, cfg):
+    return generate(backend, prompt, None, cfg).tokens
+
+
+@pytest.mark.parametrize("error_rate,length", [(0.0, 4), (0.0, 16), (1.0, 3), (0.3, 6), (0.6, 12)])
+def test_greedy_spec_equals_plain_with_oracle_drafts(backend, error_rate, length):
+    cfg = GenerateConfig(max_new_tokens=48, max_draft=16, stop_tokens=backend.stop_tokens)
+    for i, prompt in enumerate(prompts(backend)):
+        ref = plain(backend, prompt, cfg)
+        drafter = OracleDrafter(ref, error_rate, length, backend.n_vocab, seed=i)
+        got = generate(backend, prompt, drafter, cfg)
+        assert got.tokens == ref, f"prompt {i}: diverged at {next((j for j, (a, b) in enumerate(zip(got.tokens, ref)) if a != b), None)}"
+        if error_rate == 0.0 and len(ref) > 8:
+            assert got.stats.target_forwards < len(ref)  # right drafts really were accepted
+        if error_rate == 1.0:
+            assert got.stats.accepted <= got.stats.drafted * 0.05 + 1
+
+
+def test_greedy_spec_equals_plain_with_ngram_drafters(backend):
+    cfg = GenerateConfig(max_new_tokens=64, max_draft=10, stop_tokens=backend.stop_tokens)
+    ps = prompts(backend, 16)
+    refs = [plain(backend, p, cfg) for p in ps]
+    # a task table built from the model's own outputs on half the prompts: many right drafts
+    table = NgramTable.build([r + [2] for r in refs[:8] if len(r) >= 2], backend.tokenizer_hash)
+    for drafter in (NgramDrafter(None), NgramDrafter(table)):
+        for curve in (None, CostCurve((1.0, 1.6, 2.0, 2.3, 2.6, 2.9, 3.2, 3.5, 3.8, 4.1, 4.4))):
+            total_acc = 0
+            for p, ref in zip(ps, refs):
+                got = generate(backend, p, drafter, cfg, curve)
+                assert got.tokens == ref
+                total_acc += got.stats.accepted
+            if drafter.task is not None and curve is None:
+                assert total_acc > 0
+
+
+def test_max_tokens_and_stop_tokens(backend):
+    p = prompts(backend, 1)[0]
+    long_cfg = GenerateConfig(max_new_tokens=40, stop_tokens=frozenset())
+    ref = plain(backend, p, long_cfg)
+    for n in (1, 2, 7):
+        cfg = GenerateConfig(max_new_tokens=n, stop_tokens=frozenset())
+        g = generate(backend, p, OracleDrafter(ref, 0.0, 8, backend.n_vocab, 0), cfg)
+        assert g.tokens == ref[:n] and g.finish_reason == "length"
+    # make the 5th generated token a stop token: output ends before it, drafted or not
+    stop = ref[4]
+    cfg = GenerateConfig(max_new_tokens=40, stop_tokens=frozenset({stop}))
+    want = ref[: ref.index(stop)]
+    for drafter in (None, OracleDrafter(ref, 0.0, 8, backend.n_vocab, 0)):
+        g = generate(backend, p, drafter, cfg)
+        assert g.tokens == want and g.finish_reason == "stop"
+
+
+def test_context_limit_is_respected(backend):
+    p = prompts(backend, 1)[0]
+    cfg = GenerateConfig(max_new_tokens=10_000, stop_tokens=frozenset())
+    ref = plain(backend, p, cfg)
+    assert len(p) + len(ref) == backend.n_ctx + 1  # every slot used; last token never evaluated
+    g = generate(backend, p, OracleDrafter(ref, 0.2, 12, backend.n_vocab, 1), cfg)
+    assert g.tokens == ref and g.finish_reason == "context"
+
+
+def test_prompt_longer_than_context(backend):
+    with pytest.raises(TascError, match="raise --n-ctx"):
+        generate(backend, [5] * (backend.n_ctx + 3), None, GenerateConfig())
+
+
+def test_rollback_restores_exact_logits(backend):
+    p = prompts(backend, 1)[0]
+    backend.prefill(p)
+    first = backend.forward([7])
+    backend.rollback(1)
+    backend.forward([9, 10, 11])
+    backend.rollback(3)
+    again = backend.forward([7])
+    assert np.array_equal(first, again)
+
+
+def test_batched_rows_equal_one_token_rows(backend):
+    """Flash attention + quantized weights: a k-token forward reproduces k one-token forwards."""
+    assert batch_invariant(backend, prompts(backend, 1)[0], [30, 31, 40, 50, 60])
+
+
+def test_batch_invariance_check_catches_f32_weights(tmp_path):
+    """The check that guards exactness can fail: F32 weights batch through another kernel."""
+    path = write_tiny_gguf(tmp_path / "f32.gguf", seed=3, qtype="F32")
+    with llama_backend.LlamaCppBackend(path, n_ctx=128, n_threads=2) as b:
+        assert not batch_invariant(b, b.chat_prompt("the large coffee"), [30, 31, 40, 50, 60])
+
+
+def test_cost_curve_measures_real_forwards(backend):
+    curve = measure_cost_curve(backend, max_k=8, position=32, repeats=2)
+    assert len(curve.ratios) == 8 and curve.ratios[0] == 1.0
+    assert all(b >= a for a, b in zip(curve.ratios, curve.ratios[1:]))
+    assert curve.step_seconds > 0
+
+
+def exact_two_token_distribution(backend, prompt, cfg):
+    backend.prefill(prompt[:-1])
+    p1 = target_probs(backend.forward([prompt[-1]])[0], cfg)
+    joint = {}
+    for t1 in np.flatnonzero(p1):
+        p2 = target_probs(backend.forward([int(t1)])[0], cfg)
+        backend.rollback(1)
+        for t2 in np.flatnonzero(p2):
+            joint[(int(t1), int(t2))] = p1[t1] * p2[t2]
+    return joint
+
+
+@pytest.mark.parametrize("error_rate", [0.0, 0.5, 1.0])
+def test_sampling_follows_target_distribution(backend, error_rate):
+    sampling = SamplingConfig(temperature=1.5, top_k=4)
+    prompt = prompts(backend, 1)[0]
+    joint = exact_two_token_distribution(backend, prompt, sampling)
+    keys = sorted(joint)
+    index = {k: i for i, k in enumerate(keys)}
+    cfg = GenerateConfig(max_new_tokens=2, max_draft=2, sampling=sampling, stop_tokens=frozenset())
+    rng = np.random.default_rng(11)
+    greedy_ref = plain(backend, prompt, GenerateConfig(max_new_tokens=2, stop_tokens=frozenset()))
+    counts = np.zeros(len(keys))
+    for i in range(3000):
+        drafter = OracleDrafter(greedy_ref, error_rate, 2, backend.n_vocab, seed=i)
+        g = generate(backend, prompt, drafter, cfg, rng=rng)
+        key = tuple(g.tokens)
+        assert key in index, f"sampled {key}, which the target gives probability 0"
+        counts[index[key]] += 1
+    assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
