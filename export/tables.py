@@ -70,6 +70,7 @@ def generated_corpus(backend: LlamaCppBackend, rows, reference: NgramTable,
     if final.is_file():
         done = _read_generated(final, backend.tokenizer_hash)
     elif partial.is_file():
+        _drop_cut_line(partial)
         done = _read_generated(partial, backend.tokenizer_hash)
         log(f"resuming: {len(done)} of {len(rows)} generations already in {partial}")
     todo = [r for r in rows if r.id not in done]
@@ -97,15 +98,25 @@ def generated_corpus(backend: LlamaCppBackend, rows, reference: NgramTable,
     return [done[r.id] for r in rows if r.id in done and len(done[r.id]) >= 2]
 
 
+def _drop_cut_line(path: Path) -> None:
+    """An interrupt can leave the last line half-written; cut the file back to whole lines so
+    the next append starts on a fresh line."""
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+
+
 def _read_generated(path: Path, tokenizer_hash: str) -> dict[str, list[int]]:
     done: dict[str, list[int]] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
-                # a line cut by an interrupt is the last one; everything before it is whole
-                break
+            except json.JSONDecodeError as e:
+                raise TascError(f"{path}:{lineno}: not a generated-corpus line ({e.msg}); delete "
+                                "the file to regenerate") from e
             if obj.get("tokenizer_hash") != tokenizer_hash:
                 raise TascError(f"{path}:{lineno}: generated with another tokenizer; delete the "
                                 "file to regenerate with this model")

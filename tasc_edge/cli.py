@@ -46,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", dest="json_path", help="write the run summary here")
     _add_model_args(run)
 
+    bench = sub.add_parser("bench", help="methods side by side on shared datasets, one process")
+    bench.add_argument("--datasets", default="e2e_nlg,snips_slots,text2sql,bfcl,spec_bench")
+    bench.add_argument("--data-root", default="../shared/datasets")
+    bench.add_argument("--methods", default="plain,pld,tasc-spec,llama-plain,llama-pld")
+    bench.add_argument("--limit", type=int, default=50)
+    bench.add_argument("--max-new-tokens", type=int, default=128)
+    bench.add_argument("--tables", help="folder of <dataset>.npz tables (tasc-spec+gen)")
+    bench.add_argument("--max-draft", type=int, default=12)
+    bench.add_argument("--out", default="bench-out")
+    _add_model_args(bench)
+    bench.set_defaults(quant="q4_0")
+
     exp = sub.add_parser("export", help="build task n-gram tables (workstation side)")
     exp.add_argument("--task", required=True)
     exp.add_argument("--corpus", default="reference", choices=["reference", "generated", "both"],
@@ -69,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "export":
             return _export(args)
+        if args.command == "bench":
+            return _bench(args)
     except TascError as e:
         print(f"tasc-edge: error: {e}", file=sys.stderr)
         return 2
@@ -99,6 +113,23 @@ def _run(args: argparse.Namespace) -> int:
     if summary.identical_rows is not None and summary.identical_rows != summary.rows:
         print("tasc-edge: error: speculative output differed from plain decoding", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tasc_edge.errors import require
+
+    require("llama_cpp", "runtime")
+    from tasc_edge.runtime.bench import BenchConfig, markdown, run_bench
+
+    cfg = BenchConfig(datasets=[d for d in args.datasets.split(",") if d], data_root=args.data_root,
+                      methods=[m for m in args.methods.split(",") if m], limit=args.limit,
+                      max_new_tokens=args.max_new_tokens, model=args.model, quant=args.quant,
+                      n_ctx=args.n_ctx, threads=args.threads, tables=args.tables,
+                      max_draft=args.max_draft, out=args.out)
+    report = run_bench(cfg)
+    print(markdown(report))
+    print(f"report written to {cfg.out}/bench.json and bench.md")
     return 0
 
 
