@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasc_edge.cost import measure_cost_curve
 from tasc_edge.decode import GenerateConfig, generate
 from tasc_edge.drafters import make_drafter
 from tasc_edge.errors import TascError
@@ -78,11 +79,12 @@ def generated_corpus(backend: LlamaCppBackend, rows, reference: NgramTable,
         # TASC-spec with the reference table: exact greedy output, just sooner
         drafter = make_drafter("tasc-spec", reference)
         gen_cfg = GenerateConfig(cfg.max_new_tokens, stop_tokens=backend.stop_tokens)
+        curve = measure_cost_curve(backend, max_k=gen_cfg.max_draft + 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         with open(partial, "a", encoding="utf-8") as f:
             for i, row in enumerate(todo, start=1):
-                g = generate(backend, backend.chat_prompt(row.prompt), drafter, gen_cfg)
+                g = generate(backend, backend.chat_prompt(row.prompt), drafter, gen_cfg, curve)
                 ids = g.tokens + ([backend.end_of_turn()] if g.finish_reason == "stop" else [])
                 f.write(json.dumps({"id": row.id, "tokens": ids, "output": backend.detokenize(g.tokens),
                                     "tokenizer_hash": backend.tokenizer_hash}) + "\n")

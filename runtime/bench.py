@@ -13,6 +13,8 @@ Methods:
   tasc-spec+gen  task table from `tasc-edge export` (reference + the target's own generations)
   llama-plain    llama-cpp-python Llama.generate, greedy (the peer's baseline)
   llama-pld      llama-cpp-python with LlamaPromptLookupDecoding, as users run it
+  hf-plain       Hugging Face transformers generate() on the same GGUF in torch (fp32)
+  hf-pld         transformers generate(prompt_lookup_num_tokens=10)
 """
 
 from __future__ import annotations
@@ -27,21 +29,24 @@ from pathlib import Path
 
 import numpy as np
 
-from tasc_edge.cost import measure_cost_curve
+from tasc_edge.cost import CostCurve, measure_cost_curve
 from tasc_edge.decode import GenerateConfig, generate
 from tasc_edge.drafters import make_drafter
 from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_text, sha256_file
 from tasc_edge.ngram import NgramTable
+from tasc_edge.predict import measure_bandwidth
 from tasc_edge.runtime.llama_backend import LlamaCppBackend
 from tasc_edge.runtime.models import resolve_model
+from tasc_edge.metrics import chrf, exact_match
+from tasc_edge.runtime.memory import RssSampler
+from tasc_edge.runtime.peers import PEER_BASELINE, load_peers, timed
 from tasc_edge.runtime.run import check_exact_batching
 from tasc_edge.tasks import build_task_table, load_task
 
 OUR_METHODS = ("plain", "pld", "tasc-spec", "tasc-spec+gen")
-PEER_METHODS = ("llama-plain", "llama-pld")
-BASELINE = {"plain": "plain", "pld": "plain", "tasc-spec": "plain", "tasc-spec+gen": "plain",
-            "llama-plain": "llama-plain", "llama-pld": "llama-plain"}
+PEER_METHODS = tuple(PEER_BASELINE)
+BASELINE = {**{m: "plain" for m in OUR_METHODS}, **PEER_BASELINE}
 
 
 @dataclass
@@ -59,6 +64,7 @@ class BenchConfig:
     max_draft: int = 12
     llama_pld_tokens: int = 10  # LlamaPromptLookupDecoding's default num_pred_tokens
     out: str = "bench-out"
+    device: str = "auto"  # profile this bench ran on: on a real Pi, `--device pi5` tags the report
 
 
 @dataclass
@@ -68,9 +74,18 @@ class RowRun:
     method: str
     tokens: list[int]
     total_s: float
-    tau: float | None
-    drafted: int | None
-    accepted: int | None
+    exact: float  # task metric against the reference output
+    chrf: float
+    # our decode loop only (None for peers, whose internals we do not instrument)
+    tau: float | None = None
+    drafted: int | None = None
+    accepted: int | None = None
+    target_forwards: int | None = None
+    forward_tokens: int | None = None
+    prefill_s: float | None = None
+    draft_s: float | None = None
+    verify_s: float | None = None
+    other_s: float | None = None
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
@@ -81,47 +96,91 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     methods = list(dict.fromkeys([*cfg.methods, *(BASELINE[m] for m in cfg.methods)]))
     model_path = resolve_model(cfg.model, cfg.quant)
     runs: list[RowRun] = []
+    bandwidth = measure_bandwidth()  # before any model is loaded: an idle machine
+    memory = RssSampler().start()
     report = {"schema": "tasc-edge.bench/1", "command": " ".join(sys.argv), "config": asdict(cfg),
-              "model": model_path.name, "model_sha256": sha256_file(model_path),
-              "machine": {"platform": platform.platform(), "python": platform.python_version()},
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "model": model_path.name, "model_bytes": model_path.stat().st_size,
+              "model_sha256": sha256_file(model_path), "machine": machine_info(),
+              "device": cfg.device, "bandwidth_gbs": bandwidth,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "memory_mb": {"start": memory.rss() / 1e6}}
     with LlamaCppBackend(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads) as backend:
+        report["memory_mb"]["after_target"] = memory.rss() / 1e6
         check_exact_batching(backend, cfg.max_draft + 1)
-        peers = _load_peers(model_path, cfg, backend.n_threads, methods)
-        curve = measure_cost_curve(backend, max_k=cfg.max_draft + 1)
+        peers = load_peers(methods, model_path, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens)
+        report["memory_mb"]["after_peers"] = memory.rss() / 1e6
+        curve = measure_cost_curve(backend, max_k=16)
         report["cost_curve"] = {"step_ms": curve.step_seconds * 1e3, "ratios": list(curve.ratios)}
         log(f"{model_path.name}: t(1) {curve.step_seconds * 1e3:.1f} ms, t(k)/t(1) "
             + " ".join(f"{r:.2f}" for r in curve.ratios))
         gen_cfg = GenerateConfig(cfg.max_new_tokens, cfg.max_draft, stop_tokens=backend.stop_tokens)
+        table_bytes: dict[str, dict[str, int]] = {}
+        started, done_rows = time.perf_counter(), 0
+        total_rows = cfg.limit * len(cfg.datasets)
         try:
             for name in cfg.datasets:
                 task = load_task(Path(cfg.data_root) / name)
                 drafters = _drafters(name, task, backend, cfg, methods)
+                table_bytes[name] = {m: d.task.nbytes for m, d in drafters.items()
+                                     if d is not None and d.task is not None}
                 rows = task.test[: cfg.limit]
                 for i, row in enumerate(rows):
                     prompt = backend.chat_prompt(row.prompt)
                     order = methods[i % len(methods):] + methods[: i % len(methods)]
                     for m in order:
-                        if m in PEER_METHODS:
-                            runs.append(_peer_run(peers[m], prompt, backend.stop_tokens, cfg, name, row.id, m))
-                        else:
-                            g = generate(backend, prompt, drafters[m], gen_cfg, curve)
-                            s = g.stats
-                            runs.append(RowRun(name, row.id, m, g.tokens, s.total_s, s.tau, s.drafted, s.accepted))
-                    log(f"{name} [{i + 1}/{len(rows)}] " + "  ".join(
-                        f"{r.method} {r.total_s * 1e3:.0f}ms" for r in runs[-len(order):]))
+                        with memory.phase(m):
+                            runs.append(_one_run(m, name, row, prompt, backend, drafters, peers,
+                                                 gen_cfg, curve, cfg))
+                    done_rows += 1
+                    rate = done_rows / (time.perf_counter() - started)
+                    log(f"{name} [{i + 1}/{len(rows)}] {done_rows}/{total_rows} rows, ETA "
+                        f"{(total_rows - done_rows) / rate / 60:.1f} min | " + "  ".join(
+                            f"{r.method} {r.total_s * 1e3:.0f}ms" for r in runs[-len(order):]))
         except KeyboardInterrupt:
             log("interrupted: writing the rows that finished")
             report["interrupted"] = True
         finally:
-            for llm in peers.values():
-                llm.close()
-    report["results"] = summarise(runs, cfg.methods)
+            for peer in peers.values():
+                peer.close()
+            memory.stop()
+    report["memory_mb"]["peak_by_method"] = {m: v / 1e6 for m, v in memory.peak.items()}
+    report["table_bytes"] = table_bytes
+    report["results"] = summarise(runs, cfg.methods, curve)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    out = Path(cfg.out)
+    write_report(report, runs, Path(cfg.out))
+    return report
+
+
+def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBackend,
+             drafters: dict, peers: dict, gen_cfg: GenerateConfig, curve, cfg: BenchConfig) -> RowRun:
+    if m in PEER_METHODS:
+        tokens, secs = timed(peers[m], prompt, cfg.max_new_tokens, backend.stop_tokens)
+        text = backend.detokenize(tokens)
+        return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output), chrf(text, row.output))
+    g = generate(backend, prompt, drafters[m], gen_cfg, curve)
+    s, text = g.stats, backend.detokenize(g.tokens)
+    return RowRun(dataset, row.id, m, g.tokens, s.total_s, exact_match(text, row.output),
+                  chrf(text, row.output), s.tau, s.drafted, s.accepted, s.target_forwards,
+                  s.forward_tokens, s.prefill_s, s.draft_s, s.verify_s, s.other_s)
+
+
+def machine_info() -> dict:
+    import importlib.metadata as md
+    import os
+
+    versions = {}
+    for pkg in ("tasc-edge", "numpy", "llama-cpp-python", "torch", "transformers", "psutil"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return {"platform": platform.platform(), "machine": platform.machine(),
+            "processor": platform.processor(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "packages": versions}
+
+
+def write_report(report: dict, runs: list[RowRun], out: Path) -> None:
     atomic_write_text(out / "bench.json", json.dumps({**report, "rows": [asdict(r) for r in runs]}) + "\n")
     atomic_write_text(out / "bench.md", markdown(report))
-    return report
 
 
 def _drafters(name: str, task, backend: LlamaCppBackend, cfg: BenchConfig, methods: list[str]) -> dict:
@@ -140,63 +199,58 @@ def _drafters(name: str, task, backend: LlamaCppBackend, cfg: BenchConfig, metho
     return drafters
 
 
-def _load_peers(model_path: Path, cfg: BenchConfig, threads: int, methods: list[str]) -> dict:
-    from llama_cpp import Llama
-    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
-
-    peers = {}
-    common = dict(model_path=str(model_path), n_ctx=cfg.n_ctx, n_threads=threads,
-                  n_threads_batch=threads, flash_attn=True, verbose=False)
-    if "llama-plain" in methods:
-        peers["llama-plain"] = Llama(**common)
-    if "llama-pld" in methods:
-        peers["llama-pld"] = Llama(**common, draft_model=LlamaPromptLookupDecoding(
-            num_pred_tokens=cfg.llama_pld_tokens))
-    return peers
-
-
-def _peer_run(llm, prompt: list[int], stops: frozenset[int], cfg: BenchConfig, dataset: str,
-              row: str, method: str) -> RowRun:
-    out: list[int] = []
-    t = time.perf_counter()
-    for tok in llm.generate(list(prompt), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, reset=True):
-        if tok in stops:
-            break
-        out.append(int(tok))
-        if len(out) >= cfg.max_new_tokens:
-            break
-    return RowRun(dataset, row, method, out, time.perf_counter() - t, None, None, None)
-
-
-def summarise(runs: list[RowRun], methods: list[str]) -> list[dict]:
+def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = None) -> list[dict]:
+    """One entry per dataset x method. MBSU = tau / (gamma * c + 1) with c = 0 for n-gram
+    drafters (no draft model is read), so MBSU = tau: the speed-up a perfectly memory-bound
+    target would give. `speedup_predicted` replaces the flat curve by the measured t(k)/t(1)."""
     by = {(r.dataset, r.row, r.method): r for r in runs}
     results = []
     for dataset in dict.fromkeys(r.dataset for r in runs):
         rows = list(dict.fromkeys(r.row for r in runs if r.dataset == dataset))
+        plains = [b for b in ("plain", "llama-plain", "hf-plain")
+                  if all((dataset, row, b) in by for row in rows)]
         for m in methods:
             base = BASELINE[m]
             pairs = [(by[(dataset, row, m)], by[(dataset, row, base)]) for row in rows
                      if (dataset, row, m) in by and (dataset, row, base) in by]
             if not pairs:
                 continue
-            plains = [b for b in ("plain", "llama-plain") if all((dataset, row, b) in by for row in rows)]
+            mine = [r for r, _ in pairs]
             fastest = min(plains, key=lambda b: sum(by[(dataset, row, b)].total_s for row in rows))
             ratios = [p.total_s / r.total_s for r, p in pairs]
-            vs_fastest = [by[(dataset, r.row, fastest)].total_s / r.total_s for r, _ in pairs]
-            drafted = sum(r.drafted or 0 for r, _ in pairs)
-            q1, q3 = np.percentile(ratios, [25, 75]) if len(ratios) > 1 else (ratios[0], ratios[0])
-            results.append({
+            vs_fastest = [by[(dataset, r.row, fastest)].total_s / r.total_s for r in mine]
+            ours = mine[0].tau is not None
+            drafted = sum(r.drafted or 0 for r in mine)
+            accepted = sum(r.accepted or 0 for r in mine)
+            forwards = sum(r.target_forwards or 0 for r in mine)
+            tau = sum(len(r.tokens) for r in mine) / forwards if ours and forwards else None
+            q1, q3 = np.percentile(ratios, [25, 75])
+            entry = {
                 "dataset": dataset, "method": m, "baseline": base, "rows": len(pairs),
                 "identical_rows": sum(r.tokens == p.tokens for r, p in pairs),
-                "identical_to_our_plain": sum(r.tokens == by[(dataset, r.row, "plain")].tokens
-                                              for r, _ in pairs if (dataset, r.row, "plain") in by),
                 "speedup_median": statistics.median(ratios), "speedup_iqr": [float(q1), float(q3)],
                 "fastest_plain": fastest, "speedup_vs_fastest_plain": statistics.median(vs_fastest),
-                "tau_mean": statistics.fmean(r.tau for r, _ in pairs) if pairs[0][0].tau is not None else None,
-                "acceptance": (sum(r.accepted or 0 for r, _ in pairs) / drafted) if drafted else None,
-                "tokens_per_s": sum(len(r.tokens) for r, _ in pairs) / sum(r.total_s for r, _ in pairs),
-                "mean_tokens": statistics.fmean(len(r.tokens) for r, _ in pairs),
-            })
+                "tokens_per_s": sum(len(r.tokens) for r in mine) / sum(r.total_s for r in mine),
+                "mean_tokens": statistics.fmean(len(r.tokens) for r in mine),
+                "exact_match": statistics.fmean(r.exact for r in mine),
+                "chrf": statistics.fmean(r.chrf for r in mine),
+                "tau_mean": tau, "mbsu": tau, "acceptance": accepted / drafted if drafted else None,
+                "mean_accepted_length": None, "drafted_wasted": None, "time_split": None,
+                "speedup_predicted": None,
+            }
+            if ours:
+                drafting = sum(1 for r in mine if r.drafted)  # rows that drafted at all
+                entry["mean_accepted_length"] = accepted / max(1, forwards)
+                entry["drafted_wasted"] = drafted - accepted
+                entry["time_split"] = {k: sum(getattr(r, k) for r in mine) / sum(r.total_s for r in mine)
+                                       for k in ("prefill_s", "draft_s", "verify_s", "other_s")}
+                if curve is not None and forwards:
+                    mean_k = sum(r.forward_tokens for r in mine) / forwards
+                    lo = int(mean_k)
+                    c = curve.cost(lo) + (mean_k - lo) * (curve.cost(lo + 1) - curve.cost(lo))
+                    entry["speedup_predicted"] = tau / c
+                entry["rows_drafting"] = drafting
+            results.append(entry)
     return results
 
 
@@ -204,16 +258,20 @@ def markdown(report: dict) -> str:
     def f(x, fmt):
         return "-" if x is None else format(x, fmt)
 
+    curve = report.get("cost_curve", {})
     lines = [f"# tasc-edge bench: {report['model']}", "",
-             f"t(1) = {report.get('cost_curve', {}).get('step_ms', 0):.1f} ms; t(k)/t(1) = "
-             + " ".join(f"{r:.2f}" for r in report.get("cost_curve", {}).get("ratios", [])), "",
-             "| dataset | method | rows | identical | speed-up vs own plain (median [IQR]) | "
-             "vs fastest plain | tau | acceptance | tok/s (wall) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"Verify cost on this machine: t(1) = {curve.get('step_ms', 0):.1f} ms; t(k)/t(1) for "
+             "k = 1.. = " + " ".join(f"{r:.2f}" for r in curve.get("ratios", [])), "",
+             "| dataset | method | rows | identical | speed-up vs own plain, median [IQR] | "
+             "vs fastest plain | tau = MBSU | predicted from t(k) | acceptance | tok/s | exact | chrF |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(
             f"| {r['dataset']} | {r['method']} | {r['rows']} | {r['identical_rows']}/{r['rows']} | "
             f"{r['speedup_median']:.2f}x [{r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f}] | "
             f"{r['speedup_vs_fastest_plain']:.2f}x ({r['fastest_plain']}) | {f(r['tau_mean'], '.2f')} | "
-            f"{f(r['acceptance'], '.2f')} | {r['tokens_per_s']:.1f} |")
+            f"{f(r['speedup_predicted'], '.2f')} | {f(r['acceptance'], '.2f')} | {r['tokens_per_s']:.1f} | "
+            f"{r['exact_match']:.2f} | {r['chrf']:.1f} |")
+    if report.get("interrupted"):
+        lines += ["", "**Interrupted**: only the rows that finished are counted."]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from tasc_edge.errors import TascError
 
@@ -49,12 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="methods side by side on shared datasets, one process")
     bench.add_argument("--datasets", default="e2e_nlg,snips_slots,text2sql,bfcl,spec_bench")
     bench.add_argument("--data-root", default="../shared/datasets")
-    bench.add_argument("--methods", default="plain,pld,tasc-spec,llama-plain,llama-pld")
+    bench.add_argument("--methods", default="plain,pld,tasc-spec,llama-plain,llama-pld",
+                       help="plain, pld, tasc-spec, tasc-spec+gen, llama-plain, llama-pld, "
+                            "hf-plain, hf-pld (hf-* need the export extra)")
     bench.add_argument("--limit", type=int, default=50)
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--tables", help="folder of <dataset>.npz tables (tasc-spec+gen)")
     bench.add_argument("--max-draft", type=int, default=12)
     bench.add_argument("--out", default="bench-out")
+    bench.add_argument("--device", default="auto",
+                       help="profile of the device this runs on (tags the report; see `report`)")
+    bench.add_argument("--no-plots", action="store_true")
+
+    rep = sub.add_parser("report", help="predict a device's figures from a bench report; plots")
+    rep.add_argument("--bench", default="bench-out", help="bench.json or the folder holding it")
+    rep.add_argument("--device", default="pi5", help="auto, pi4, pi5, phone-sd8g2, laptop-x86")
+    rep.add_argument("--out", default=None, help="write predicted-<device>.md (and plots) here")
+    rep.add_argument("--plots", action="store_true", help="also write PNG plots to --out")
     _add_model_args(bench)
     bench.set_defaults(quant="q4_0")
 
@@ -83,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "report":
+            return _report(args)
     except TascError as e:
         print(f"tasc-edge: error: {e}", file=sys.stderr)
         return 2
@@ -126,10 +140,24 @@ def _bench(args: argparse.Namespace) -> int:
                       methods=[m for m in args.methods.split(",") if m], limit=args.limit,
                       max_new_tokens=args.max_new_tokens, model=args.model, quant=args.quant,
                       n_ctx=args.n_ctx, threads=args.threads, tables=args.tables,
-                      max_draft=args.max_draft, out=args.out)
+                      max_draft=args.max_draft, out=args.out, device=args.device)
     report = run_bench(cfg)
     print(markdown(report))
     print(f"report written to {cfg.out}/bench.json and bench.md")
+    if not args.no_plots:
+        from tasc_edge.runtime.report import write_plots
+
+        try:
+            print("plots:", ", ".join(str(p) for p in write_plots(report, Path(cfg.out))))
+        except TascError as e:
+            print(f"no plots: {e}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from tasc_edge.runtime.report import run_report
+
+    print(run_report(args.bench, args.device, args.out, args.plots))
     return 0
 
 

@@ -86,6 +86,7 @@ class GenerateConfig:
 class DecodeStats:
     target_forwards: int = 0
     drafted: int = 0  # draft tokens sent to verification
+    forward_tokens: int = 0  # tokens evaluated by verify forwards (pending + drafts), for MBSU
     accepted: int = 0
     generated: int = 0
     prefill_s: float = 0.0
@@ -157,6 +158,7 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
 
         stats.target_forwards += 1
         stats.drafted += len(draft.tokens)
+        stats.forward_tokens += 1 + len(draft.tokens)
         stats.accepted += n_acc
         stats.draft_s += t1 - t0
         stats.verify_s += t3 - t1  # target forward + acceptance test + cache rollback

@@ -61,3 +61,13 @@ def test_out_of_range_draft_is_rejected():
     n_acc, nxt = verify_sampling([99], None, logits, SamplingConfig(temperature=1.0), rng)
     assert n_acc == 0 and 0 <= nxt < 4
     assert verify_greedy([99], logits)[0] == 0
+
+
+def test_chrf_and_exact_match():
+    from tasc_edge.metrics import chrf, exact_match
+
+    assert chrf("The Eagle is a pub.", "The Eagle is a pub.") == 100.0
+    assert chrf("abc", "xyz") == 0.0
+    assert 0 < chrf("The Eagle is a cheap pub", "The Eagle is a pub") < 100
+    assert chrf("a b c", "abc") == 100.0  # whitespace does not count
+    assert exact_match(" x ", "x") == 1.0 and exact_match("x", "y") == 0.0

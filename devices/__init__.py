@@ -1,0 +1,1 @@
+"""Device profiles as TOML data (loaded by tasc_edge/predict.py)."""

@@ -1,0 +1,100 @@
+"""Peer implementations, run the way their users run them, each with its own plain baseline.
+
+* llama-cpp-python: `Llama.generate` greedy, without and with `LlamaPromptLookupDecoding`
+  (flash attention on for both, as for our backend: without it batched verification is not
+  exact and its outputs drift from plain greedy).
+* Hugging Face transformers: the same GGUF loaded into torch (`gguf_file=`, dequantized to
+  fp32), `generate()` greedy without and with `prompt_lookup_num_tokens`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from tasc_edge.errors import require
+
+PEER_BASELINE = {"llama-plain": "llama-plain", "llama-pld": "llama-plain",
+                 "hf-plain": "hf-plain", "hf-pld": "hf-plain"}
+
+
+class Peer(Protocol):
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> list[int]: ...
+    def close(self) -> None: ...
+
+
+class LlamaPeer:
+    def __init__(self, model_path: Path, n_ctx: int, threads: int, pld_tokens: int | None) -> None:
+        llama_cpp = require("llama_cpp", "runtime")
+        from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+
+        draft = LlamaPromptLookupDecoding(num_pred_tokens=pld_tokens) if pld_tokens else None
+        self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads,
+                                   n_threads_batch=threads, flash_attn=True, verbose=False,
+                                   draft_model=draft)
+
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> list[int]:
+        out: list[int] = []
+        for tok in self.llm.generate(list(prompt), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, reset=True):
+            if tok in stops:
+                break
+            out.append(int(tok))
+            if len(out) >= max_new_tokens:
+                break
+        return out
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class HFPeer:
+    def __init__(self, model: object, pld_tokens: int | None) -> None:
+        self.torch = require("torch", "export")
+        self.model = model
+        self.pld_tokens = pld_tokens
+
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> list[int]:
+        ids = self.torch.tensor([list(prompt)])
+        kwargs = {"prompt_lookup_num_tokens": self.pld_tokens} if self.pld_tokens else {}
+        with self.torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=self.torch.ones_like(ids),
+                                      max_new_tokens=max_new_tokens, do_sample=False,
+                                      eos_token_id=sorted(stops), pad_token_id=sorted(stops)[0],
+                                      **kwargs)
+        new = out[0, len(prompt):].tolist()
+        for i, t in enumerate(new):
+            if t in stops:
+                return new[:i]
+        return new
+
+    def close(self) -> None:
+        self.model = None
+
+
+def load_hf_model(model_path: Path, threads: int) -> object:
+    """The GGUF dequantized into a torch fp32 model (one copy serves hf-plain and hf-pld)."""
+    torch = require("torch", "export")
+    transformers = require("transformers", "export")
+    torch.set_num_threads(threads)
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(model_path.parent), gguf_file=model_path.name, dtype=torch.float32).eval()
+
+
+def load_peers(methods: list[str], model_path: Path, n_ctx: int, threads: int,
+               pld_tokens: int) -> dict[str, Peer]:
+    peers: dict[str, Peer] = {}
+    hf_model = None
+    for m in methods:
+        if m in ("llama-plain", "llama-pld"):
+            peers[m] = LlamaPeer(model_path, n_ctx, threads, pld_tokens if m == "llama-pld" else None)
+        elif m in ("hf-plain", "hf-pld"):
+            hf_model = hf_model or load_hf_model(model_path, threads)
+            peers[m] = HFPeer(hf_model, pld_tokens if m == "hf-pld" else None)
+    return peers
+
+
+def timed(peer: Peer, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> tuple[list[int], float]:
+    t = time.perf_counter()
+    out = peer.generate(prompt, max_new_tokens, stops)
+    return out, time.perf_counter() - t

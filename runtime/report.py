@@ -1,0 +1,151 @@
+"""`tasc-edge report`: device predictions and plots from a bench report (bench.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tasc_edge.errors import TascError, require
+from tasc_edge.predict import DeviceProfile, Prediction, predict, step_efficiency
+
+
+def load_report(path: str | Path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "bench.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise TascError(f"{path}: no bench report (run tasc-edge bench first)") from e
+    except json.JSONDecodeError as e:
+        raise TascError(f"{path}: not a valid bench report ({e.msg}, line {e.lineno})") from e
+    if report.get("schema") != "tasc-edge.bench/1":
+        raise TascError(f"{path}: schema {report.get('schema')!r}, this tasc-edge reads tasc-edge.bench/1")
+    return report
+
+
+def prediction_markdown(profile: DeviceProfile, report: dict, preds: list[Prediction]) -> str:
+    curve = report["cost_curve"]
+    eff = step_efficiency(report["model_bytes"], curve["step_ms"] / 1e3, report["bandwidth_gbs"])
+    lines = [
+        f"# Predicted for {profile.name} (`{profile.key}`) from a bench on {report['machine']['platform']}",
+        "",
+        "**Measured** on the bench machine: copy bandwidth "
+        f"{report['bandwidth_gbs']:.1f} GB/s, one decode step {curve['step_ms']:.2f} ms for "
+        f"{report['model_bytes'] / 1e6:.0f} MB of weights = {eff:.0%} of that bandwidth; tau, "
+        "acceptance and the t(k)/t(1) curve per dataset and method.",
+        f"**Assumed** for the device: sustained bandwidth {profile.bandwidth_sustained_gbs} GB/s "
+        f"({profile.bandwidth_source}), the same bandwidth efficiency, and the bench machine's "
+        "t(k)/t(1) curve (a more memory-bound device has a flatter one: the MBSU column is that "
+        f"ideal). Thermal: {profile.thermal}.",
+        "",
+        "| dataset | method | predicted plain tok/s | predicted speed-up | memory-bound ideal (MBSU) "
+        "| predicted tok/s | recommended max draft |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in preds:
+        lines.append(f"| {p.dataset} | {p.method} | {p.plain_tokens_per_s:.1f} | {p.speedup:.2f}x | "
+                     f"{p.speedup_memory_bound:.2f}x | {p.tokens_per_s:.1f} | {p.recommended_max_draft} |")
+    best = {}
+    for p in preds:
+        if p.dataset not in best or p.speedup > best[p.dataset].speedup:
+            best[p.dataset] = p
+    lines += ["", "Recommended drafter per dataset: " + ", ".join(
+        f"{d}: **{p.method}** ({p.speedup:.2f}x)" for d, p in best.items())]
+    return "\n".join(lines) + "\n"
+
+
+def run_report(bench: str | Path, device: str, out: str | Path | None, plots: bool) -> str:
+    from tasc_edge.predict import load_profile
+
+    report = load_report(bench)
+    profile = load_profile(device)
+    text = prediction_markdown(profile, report, predict(profile, report))
+    if out is not None:
+        from tasc_edge.files import atomic_write_text
+
+        out = Path(out)
+        atomic_write_text(out / f"predicted-{profile.key}.md", text)
+        if plots:
+            write_plots(report, out)
+    return text
+
+
+def write_plots(report: dict, out: Path) -> list[Path]:
+    """Speed-up per dataset and method; speed-up vs acceptance; verify cost curve; memory."""
+    matplotlib = require("matplotlib", "report")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out.mkdir(parents=True, exist_ok=True)
+    results = report["results"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    methods = [m for m in dict.fromkeys(r["method"] for r in results)
+               if m not in ("plain", "llama-plain", "hf-plain")]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / max(1, len(methods))
+    for j, m in enumerate(methods):
+        xs, ys, lo, hi = [], [], [], []
+        for i, d in enumerate(datasets):
+            r = next((r for r in results if r["dataset"] == d and r["method"] == m), None)
+            if r is not None:
+                xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                ys.append(r["speedup_median"])
+                lo.append(r["speedup_median"] - r["speedup_iqr"][0])
+                hi.append(r["speedup_iqr"][1] - r["speedup_median"])
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=m)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(datasets)), datasets)
+    ax.set_ylabel("wall-clock speed-up vs own plain (median, IQR)")
+    ax.set_title(f"{report['model']}: speed-up per dataset and method")
+    ax.legend(fontsize=8, ncol=3)
+    paths.append(_save(fig, out / "speedup.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for m in methods:
+        pts = [(r["acceptance"], r["speedup_median"], r["dataset"]) for r in results
+               if r["method"] == m and r.get("acceptance") is not None]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=m)
+            for a, s, d in pts:
+                ax.annotate(d, (a, s), fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("acceptance (accepted / drafted)")
+    ax.set_ylabel("speed-up vs plain")
+    ax.legend(fontsize=8)
+    ax.set_title("speed-up vs acceptance")
+    paths.append(_save(fig, out / "speedup_vs_acceptance.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ratios = report["cost_curve"]["ratios"]
+    ks = np.arange(1, len(ratios) + 1)
+    ax.plot(ks, ratios, marker="o", label="measured t(k)/t(1)")
+    ax.plot(ks, np.ones_like(ks), linestyle="--", label="memory-bound ideal")
+    ax.plot(ks, ks, linestyle=":", label="compute-bound (linear)")
+    ax.set_xlabel("tokens per target forward (k)")
+    ax.set_ylabel("t(k) / t(1)")
+    ax.set_title(f"verify cost, t(1) = {report['cost_curve']['step_ms']:.1f} ms")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / "cost_curve.png"))
+
+    peaks = report.get("memory_mb", {}).get("peak_by_method", {})
+    if peaks:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(list(peaks), list(peaks.values()))
+        ax.set_ylabel("peak RSS while the method ran (MB)")
+        ax.set_title("memory (one process holds every method's model)")
+        ax.tick_params(axis="x", labelrotation=30)
+        paths.append(_save(fig, out / "memory.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

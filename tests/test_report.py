@@ -1,0 +1,140 @@
+"""Bench reports: schema round trip, MBSU arithmetic, device predictions, partial reports."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from tasc_edge.cost import CostCurve
+from tasc_edge.errors import TascError
+from tasc_edge.predict import DeviceProfile, best_fixed_gamma, load_profile, predict
+from tiny_gguf import write_tiny_gguf
+
+bench = pytest.importorskip("tasc_edge.runtime.bench")
+report_mod = pytest.importorskip("tasc_edge.runtime.report")
+
+
+def run(row, method, tokens, total_s, tau=None, drafted=None, accepted=None, forwards=None, fwd_tokens=None):
+    ours = tau is not None
+    return bench.RowRun("d", row, method, tokens, total_s, 1.0, 50.0, tau, drafted, accepted, forwards,
+                        fwd_tokens, *(0.1, 0.1, 0.5, 0.1) if ours else (None,) * 4)
+
+
+def test_mbsu_and_speedup_arithmetic_on_known_inputs():
+    runs = [
+        run("a", "plain", [1] * 12, 1.2, 1.0, 0, 0, 12, 12),
+        run("a", "tasc-spec", [1] * 12, 0.6, 3.0, 10, 8, 4, 14),  # 12 tokens in 4 forwards
+        run("b", "plain", [2] * 6, 0.6, 1.0, 0, 0, 6, 6),
+        run("b", "tasc-spec", [2] * 6, 0.4, 2.0, 4, 3, 3, 7),
+    ]
+    curve = CostCurve((1.0, 1.5, 2.0, 2.5, 3.0))
+    (plain, spec) = bench.summarise(runs, ["plain", "tasc-spec"], curve)
+    assert spec["speedup_median"] == pytest.approx((2.0 + 1.5) / 2)
+    assert spec["identical_rows"] == 2
+    assert spec["tau_mean"] == pytest.approx(18 / 7)  # tokens / target forwards over both rows
+    assert spec["mbsu"] == spec["tau_mean"]  # c = 0 for an n-gram drafter: MBSU = tau / (gamma*0 + 1)
+    assert spec["acceptance"] == pytest.approx(11 / 14)
+    assert spec["drafted_wasted"] == 3
+    mean_k = 21 / 7  # forward tokens per forward = 3 -> c(3) = 2.0
+    assert spec["speedup_predicted"] == pytest.approx((18 / 7) / 2.0)
+    assert plain["tau_mean"] == 1.0 and plain["speedup_median"] == 1.0
+    assert mean_k == 3
+
+
+def test_best_fixed_gamma():
+    flat, steep = CostCurve.flat(16), CostCurve(tuple(1.0 + 0.9 * k for k in range(16)))
+    assert best_fixed_gamma(0.9, flat) > best_fixed_gamma(0.9, steep)
+    assert best_fixed_gamma(0.0, flat) == 0
+    assert best_fixed_gamma(0.05, steep) == 0
+
+
+def fake_report():
+    return {"cost_curve": {"step_ms": 5.0, "ratios": [1.0, 1.5, 1.9, 2.2]}, "bandwidth_gbs": 20.0,
+            "model_bytes": 80_000_000,
+            "results": [{"dataset": "d", "method": "tasc-spec", "tau_mean": 2.0, "mbsu": 2.0,
+                         "speedup_predicted": 1.3, "acceptance": 0.7},
+                        {"dataset": "d", "method": "llama-pld", "tau_mean": None}]}
+
+
+def test_predictions_are_monotonic_in_bandwidth():
+    base = load_profile("pi5")
+    tps = [predict(replace(base, bandwidth_sustained_gbs=bw), fake_report())[0].plain_tokens_per_s
+           for bw in (2, 4, 8, 16, 32)]
+    assert all(b > a for a, b in zip(tps, tps[1:]))
+    (p,) = predict(base, fake_report())  # peers without instrumented internals are skipped
+    assert p.tokens_per_s == pytest.approx(p.plain_tokens_per_s * 1.3)
+
+
+def test_unknown_device_profile():
+    with pytest.raises(TascError, match="unknown device profile 'pi9'"):
+        load_profile("pi9")
+    assert isinstance(load_profile("pi4"), DeviceProfile)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    for name, words in (("slots", ["large", "small", "milk"]), ("calls", ["json", "two", "hello"])):
+        d = root / name
+        d.mkdir()
+        rows = [{"id": f"{name}-{i}", "prompt": f"the {w} coffee order {i}", "output": f"{{\"drink\": \"{w}\"}}"}
+                for i, w in enumerate(words * 3)]
+        (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return write_tiny_gguf(tmp_path_factory.mktemp("m") / "tiny.gguf", seed=9)
+
+
+def bench_cfg(model, data_root, out):
+    return bench.BenchConfig(datasets=["slots", "calls"], data_root=str(data_root),
+                             methods=["pld", "tasc-spec", "llama-pld"], limit=3, max_new_tokens=16,
+                             model=str(model), quant="as-is", n_ctx=256, out=str(out))
+
+
+def test_bench_report_round_trip_and_plots(model, data_root, tmp_path):
+    report = bench.run_bench(bench_cfg(model, data_root, tmp_path), log=lambda *_: None)
+    loaded = report_mod.load_report(tmp_path)
+    for key in ("schema", "machine", "model_sha256", "command", "cost_curve", "bandwidth_gbs", "results"):
+        assert key in loaded
+    assert loaded["machine"]["packages"]["llama-cpp-python"]
+    entries = {(r["dataset"], r["method"]): r for r in loaded["results"]}
+    for ds in ("slots", "calls"):
+        for m in ("pld", "tasc-spec", "llama-pld"):
+            r = entries[(ds, m)]
+            for key in ("dataset", "method", "rows", "identical_rows", "speedup_median", "tau_mean",
+                        "acceptance", "tokens_per_s", "mbsu"):
+                assert key in r
+            assert r["rows"] == 3
+        assert entries[(ds, "tasc-spec")]["identical_rows"] == 3  # exact against our plain
+    assert "| slots | tasc-spec | 3 | 3/3 |" in (tmp_path / "bench.md").read_text()
+    assert loaded["memory_mb"]["peak_by_method"]["tasc-spec"] > 0
+    paths = report_mod.write_plots(loaded, tmp_path / "plots")
+    assert len(paths) == 4 and all(p.stat().st_size > 5000 for p in paths)
+    text = report_mod.run_report(tmp_path, "pi5", tmp_path, plots=False)
+    assert "Predicted for Raspberry Pi 5" in text and (tmp_path / "predicted-pi5.md").is_file()
+
+
+def test_interrupted_bench_leaves_a_valid_partial_report(model, data_root, tmp_path):
+    seen = []
+
+    def log(line):
+        seen.append(line)
+        if "[1/3]" in line:  # Ctrl-C right after the first row
+            raise KeyboardInterrupt
+
+    bench.run_bench(bench_cfg(model, data_root, tmp_path), log=log)
+    loaded = report_mod.load_report(tmp_path / "bench.json")
+    assert loaded["interrupted"] is True
+    assert {r["rows"] for r in loaded["results"]} == {1}
+    assert "Interrupted" in (tmp_path / "bench.md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_report_refuses_other_schema(tmp_path):
+    (tmp_path / "bench.json").write_text(json.dumps({"schema": "other/9"}))
+    with pytest.raises(TascError, match="schema"):
+        report_mod.load_report(tmp_path)
