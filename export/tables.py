@@ -82,9 +82,14 @@ def generated_corpus(backend: LlamaCppBackend, rows, reference: NgramTable,
         curve = measure_cost_curve(backend, max_k=gen_cfg.max_draft + 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
+        skipped = 0
         with open(partial, "a", encoding="utf-8") as f:
             for i, row in enumerate(todo, start=1):
-                g = generate(backend, backend.chat_prompt(row.prompt), drafter, gen_cfg, curve)
+                prompt = backend.chat_prompt(row.prompt)
+                if len(prompt) + cfg.max_new_tokens > backend.n_ctx:
+                    skipped += 1  # does not fit the context: leave it out, say so below
+                    continue
+                g = generate(backend, prompt, drafter, gen_cfg, curve)
                 ids = g.tokens + ([backend.end_of_turn()] if g.finish_reason == "stop" else [])
                 f.write(json.dumps({"id": row.id, "tokens": ids, "output": backend.detokenize(g.tokens),
                                     "tokenizer_hash": backend.tokenizer_hash}) + "\n")
@@ -95,6 +100,9 @@ def generated_corpus(backend: LlamaCppBackend, rows, reference: NgramTable,
                     rate = i / (time.perf_counter() - start)
                     log(f"generated {i}/{len(todo)} ({rate:.2f} rows/s, "
                         f"ETA {(len(todo) - i) / rate:.0f} s)")
+        if skipped:
+            log(f"skipped {skipped} train prompts longer than the context ({backend.n_ctx} tokens "
+                f"minus {cfg.max_new_tokens} to generate); raise --n-ctx to include them")
     if not final.is_file():
         os.replace(partial, final)
     return [done[r.id] for r in rows if r.id in done and len(done[r.id]) >= 2]

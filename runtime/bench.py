@@ -122,9 +122,17 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                 drafters = _drafters(name, task, backend, cfg, methods)
                 table_bytes[name] = {m: d.task.nbytes for m, d in drafters.items()
                                      if d is not None and d.task is not None}
-                rows = task.test[: cfg.limit]
-                for i, row in enumerate(rows):
+                rows, prompts = [], []
+                for row in task.test:  # the first `limit` rows whose prompt fits the context
+                    if len(rows) == cfg.limit:
+                        break
                     prompt = backend.chat_prompt(row.prompt)
+                    if len(prompt) + cfg.max_new_tokens > backend.n_ctx:
+                        report.setdefault("skipped_rows", {}).setdefault(name, []).append(row.id)
+                        continue
+                    rows.append(row)
+                    prompts.append(prompt)
+                for i, (row, prompt) in enumerate(zip(rows, prompts)):
                     order = methods[i % len(methods):] + methods[: i % len(methods)]
                     for m in order:
                         with memory.phase(m):
@@ -138,16 +146,26 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         except KeyboardInterrupt:
             log("interrupted: writing the rows that finished")
             report["interrupted"] = True
+        except Exception as e:  # a crash still leaves the rows that finished, then re-raises
+            report["interrupted"] = True
+            report["error"] = f"{type(e).__name__}: {e}"
+            _finish(report, runs, cfg, curve, memory, table_bytes)
+            raise
         finally:
             for peer in peers.values():
                 peer.close()
             memory.stop()
+    _finish(report, runs, cfg, curve, memory, table_bytes)
+    return report
+
+
+def _finish(report: dict, runs: list[RowRun], cfg: BenchConfig, curve: CostCurve,
+            memory: RssSampler, table_bytes: dict) -> None:
     report["memory_mb"]["peak_by_method"] = {m: v / 1e6 for m, v in memory.peak.items()}
     report["table_bytes"] = table_bytes
     report["results"] = summarise(runs, cfg.methods, curve)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_report(report, runs, Path(cfg.out))
-    return report
 
 
 def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBackend,

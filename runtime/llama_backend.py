@@ -4,9 +4,16 @@
 directly: one `llama_decode` per forward with logits requested for every row, and
 `llama_memory_seq_rm` to roll the KV cache back (~17 us here, exact).
 
-Flash attention is forced on: measured here, batched evaluation reproduces one-token
-evaluation bit for bit only with `flash_attn=True`; without it greedy outputs of a
-speculative loop diverge from plain decoding within ~30 tokens.
+Exactness needs a k-token forward to give bit for bit the logits of k one-token forwards.
+Two llama.cpp settings decide it (measured here, llama.cpp in llama-cpp-python 0.3.36):
+* flash attention on - without it batched rows differ by up to 0.9 in logits;
+* a quantized (Q8_0) KV cache - with the default F16 cache the CPU flash-attention kernel
+  sends a *single* query over >= 512 KV cells down a split-KV path (cells chunked across
+  threads, partial softmaxes reduced; ggml-cpu/ops.cpp, `use_split_kv_path`), while a
+  multi-token batch takes the one-chunk path, so plain and speculative decoding diverge once
+  the context passes ~255 tokens. Both special paths require an F16/F32 cache; with Q8_0 every
+  query row takes the same path. Q8_0 also halves KV memory.
+`check_exact_batching` (runtime.run) verifies invariance at a short and a long position.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from typing import Sequence
 import numpy as np
 
 from tasc_edge.errors import TascError, require
+
+KV_TYPES = {"f16": 1, "q8_0": 8}  # enum ggml_type
 
 
 def physical_cores() -> int:
@@ -34,16 +43,20 @@ class LlamaCppBackend:
     """Backend protocol (prefill / forward / rollback) plus the model's tokenizer and template."""
 
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512) -> None:
+                 n_batch: int = 512, kv_type: str = "q8_0") -> None:
         self._lib = require("llama_cpp", "runtime")
         model_path = Path(model_path)
         if not model_path.is_file():
             raise TascError(f"model file not found: {model_path}")
         threads = n_threads or physical_cores()
+        if kv_type not in KV_TYPES:
+            raise TascError(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
         self.llm = self._lib.Llama(model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch,
                                    n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
-                                   flash_attn=True, logits_all=False, verbose=False)
+                                   flash_attn=True, type_k=KV_TYPES[kv_type],
+                                   type_v=KV_TYPES[kv_type], logits_all=False, verbose=False)
         self.model_path = model_path
+        self.kv_type = kv_type
         self.n_threads = threads
         self.n_ctx = self.llm.n_ctx()
         self.n_vocab = self.llm.n_vocab()
@@ -75,6 +88,8 @@ class LlamaCppBackend:
             self._decode(tokens[i : i + self.n_batch], all_logits=False)
 
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        if not tokens:
+            raise ValueError("forward needs at least one token")
         if len(tokens) > self.n_batch:
             raise TascError(f"forward over {len(tokens)} tokens exceeds n_batch={self.n_batch}")
         self._decode(tokens, all_logits=True)

@@ -94,12 +94,20 @@ def task_table(backend: LlamaCppBackend, task: Task, cfg: RunConfig) -> NgramTab
 
 
 def check_exact_batching(backend: LlamaCppBackend, k: int) -> None:
-    probe = backend.tokenize("The quick brown fox jumps over the lazy dog. " * 4)
-    if not batch_invariant(backend, probe[:16], probe[16 : 16 + k]):
-        raise TascError(f"{backend.model_path.name}: llama.cpp's batched forward is not bit-identical "
-                        "to one-token forwards for this model (F32/F16 weights use another kernel), "
-                        "so greedy speculative output could differ from plain; use --quant q8_0 or "
-                        "q4_0, or pass --allow-inexact")
+    """Refuse speculative greedy decoding where a k-token forward is not bit-identical to k
+    one-token forwards. Probed near the start and past 512 cached tokens, where llama.cpp's
+    kernels switch paths (see llama_backend)."""
+    text = "The quick brown fox jumps over the lazy dog, and then it runs home. " * 60
+    probe = backend.tokenize(text)
+    positions = [16] + ([600] if backend.n_ctx > 600 + k else [])
+    for pos in positions:
+        if not batch_invariant(backend, probe[:pos], probe[pos : pos + k]):
+            raise TascError(
+                f"{backend.model_path.name}: llama.cpp's batched forward is not bit-identical to "
+                f"one-token forwards at position {pos} (KV cache {backend.kv_type}; F32/F16 weights "
+                "or an F16 KV cache take other kernels), so greedy speculative output could "
+                "differ from plain; use a quantized model (--quant q4_0) with the default q8_0 KV "
+                "cache, or pass --allow-inexact")
 
 
 def run_task(cfg: RunConfig, log=print) -> RunSummary:

@@ -187,3 +187,42 @@ def test_sampling_follows_target_distribution(backend, error_rate):
         assert key in index, f"sampled {key}, which the target gives probability 0"
         counts[index[key]] += 1
     assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def long_backend(tmp_path_factory):
+    path = write_tiny_gguf(tmp_path_factory.mktemp("long") / "tiny.gguf", seed=4, n_ctx=2048)
+    with llama_backend.LlamaCppBackend(path, n_ctx=1024, n_threads=2) as b:
+        yield b
+
+
+def long_prompt(b, n=130):
+    rng = np.random.default_rng(0)
+    words = ["the", "large", "coffee", "order", "milk", "json", "two", "hello", "size", "drink"]
+    ids = b.chat_prompt(" ".join(rng.choice(words, size=n)))
+    assert len(ids) > 620
+    return ids
+
+
+def test_f16_kv_cache_breaks_batch_invariance_past_512_cells(tmp_path):
+    """llama.cpp's CPU flash attention takes a split-KV path for one query over >= 512 F16 KV
+    cells; batches take another. The probe must catch it, and Q8_0 KV must not show it."""
+    path = write_tiny_gguf(tmp_path / "t.gguf", seed=4, n_ctx=2048)
+    for kv, expect in (("f16", False), ("q8_0", True)):
+        with llama_backend.LlamaCppBackend(path, n_ctx=1024, n_threads=2, kv_type=kv) as b:
+            ids = long_prompt(b)
+            assert batch_invariant(b, ids[:16], ids[16:20])  # short contexts: fine either way
+            assert batch_invariant(b, ids[:600], ids[600:604]) is expect
+
+
+def test_greedy_spec_equals_plain_past_512_tokens(long_backend):
+    b = long_backend
+    prompt = long_prompt(b)
+    cfg = GenerateConfig(max_new_tokens=80, max_draft=12, stop_tokens=frozenset())
+    ref = plain(b, prompt, cfg)
+    assert len(prompt) + len(ref) > 600
+    for error_rate, length in ((0.0, 12), (0.3, 6), (1.0, 4)):
+        got = generate(b, prompt, OracleDrafter(ref, error_rate, length, b.n_vocab, seed=1), cfg)
+        assert got.tokens == ref
+    got = generate(b, prompt, NgramDrafter(NgramTable.build([ref + [2]], b.tokenizer_hash)), cfg)
+    assert got.tokens == ref and got.stats.accepted > 0

@@ -27,7 +27,7 @@ def vocab(extra: list[str] | None = None) -> tuple[list[str], list[float], list[
 
 
 def write_tiny_gguf(path: Path, seed: int = 0, n_embd: int = 64, n_layer: int = 2,
-                    n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128, n_ctx: int = 512,
+                    n_head: int = 2, n_head_kv: int = 1, n_ff: int = 128, n_ctx: int = 512,
                     extra_tokens: list[str] | None = None, scale: float = 1.0,
                     qtype: str = "Q8_0") -> Path:
     """qtype: "Q8_0" (default, like deployed models) or "F32". With quantized weights llama.cpp
