@@ -35,7 +35,7 @@ class ExportTablesConfig:
     max_new_tokens: int = 160
     max_order: int = 4
     model: str | None = None
-    quant: str = "as-is"
+    quant: str = "q4_0"
     n_ctx: int = 4096
     threads: int | None = None
 

@@ -37,7 +37,7 @@ class RunConfig:
     top_p: float = 1.0
     seed: int = 0
     model: str | None = None
-    quant: str = "as-is"
+    quant: str = "q4_0"
     n_ctx: int = 4096
     threads: int | None = None
     table: str | None = None  # prebuilt .npz (tasc-edge export); else built from train outputs

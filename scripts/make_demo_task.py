@@ -23,7 +23,10 @@ TEMPLATES = [
     "One order please: {n} {drink}{plural} ({size}), milk: {milk}{extra_text}.",
 ]
 INSTRUCTION = ('Extract the coffee order as JSON with the keys "drink", "size", "quantity", '
-               '"milk" and "extra". Reply with the JSON object only.\n\nOrder: ')
+               '"milk" and "extra". Reply with the JSON object only, on one line, like this example.\n\n'
+               'Order: Two small mochas with soy milk, please.\n'
+               'JSON: {"drink": "mocha", "size": "small", "quantity": 2, "milk": "soy", "extra": "none"}\n\n'
+               'Order: ')
 
 
 def make_row(rng: random.Random, i: int, split: str) -> dict:
@@ -33,7 +36,7 @@ def make_row(rng: random.Random, i: int, split: str) -> dict:
     order = rng.choice(TEMPLATES).format(n=NUMBERS[n], N=NUMBERS[n].capitalize(), size=size, drink=drink,
                                          plural="s" if n > 1 else "", milk=milk, extra_text=extra_text)
     output = json.dumps({"drink": drink, "size": size, "quantity": n, "milk": milk, "extra": extra})
-    return {"id": f"demo-{split}-{i}", "task": "slot-filling-json", "prompt": INSTRUCTION + order,
+    return {"id": f"demo-{split}-{i}", "task": "slot-filling-json", "prompt": INSTRUCTION + order + "\nJSON:",
             "output": output}
 
 

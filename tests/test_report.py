@@ -116,6 +116,11 @@ def test_bench_report_round_trip_and_plots(model, data_root, tmp_path):
     assert len(paths) == 4 and all(p.stat().st_size > 5000 for p in paths)
     text = report_mod.run_report(tmp_path, "pi5", tmp_path, plots=False)
     assert "Predicted for Raspberry Pi 5" in text and (tmp_path / "predicted-pi5.md").is_file()
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
+    report_mod.update_readme(readme, loaded)
+    body = readme.read_text()
+    assert "old" not in body and body.endswith("after\n") and "| slots | tasc-spec | 3/3 |" in body
 
 
 def test_interrupted_bench_leaves_a_valid_partial_report(model, data_root, tmp_path):
