@@ -86,6 +86,7 @@ class RowRun:
     draft_s: float | None = None
     verify_s: float | None = None
     other_s: float | None = None
+    error: str | None = None  # the method failed on this row (peers only); excluded from stats
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
@@ -171,7 +172,12 @@ def _finish(report: dict, runs: list[RowRun], cfg: BenchConfig, curve: CostCurve
 def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBackend,
              drafters: dict, peers: dict, gen_cfg: GenerateConfig, curve, cfg: BenchConfig) -> RowRun:
     if m in PEER_METHODS:
-        tokens, secs = timed(peers[m], prompt, cfg.max_new_tokens, backend.stop_tokens)
+        try:
+            tokens, secs = timed(peers[m], prompt, cfg.max_new_tokens, backend.stop_tokens)
+        except (ValueError, RuntimeError) as e:
+            # a peer's own bug on one row (llama-cpp-python's prompt lookup overflows its logits
+            # buffer near n_ctx) is recorded and counted, not allowed to end the whole bench
+            return RowRun(dataset, row.id, m, [], 0.0, 0.0, 0.0, error=f"{type(e).__name__}: {e}")
         text = backend.detokenize(tokens)
         return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output), chrf(text, row.output))
     g = generate(backend, prompt, drafters[m], gen_cfg, curve)
@@ -221,12 +227,13 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
     """One entry per dataset x method. MBSU = tau / (gamma * c + 1) with c = 0 for n-gram
     drafters (no draft model is read), so MBSU = tau: the speed-up a perfectly memory-bound
     target would give. `speedup_predicted` replaces the flat curve by the measured t(k)/t(1)."""
-    by = {(r.dataset, r.row, r.method): r for r in runs}
+    failed = [r for r in runs if r.error]
+    by = {(r.dataset, r.row, r.method): r for r in runs if not r.error}
     results = []
     for dataset in dict.fromkeys(r.dataset for r in runs):
         rows = list(dict.fromkeys(r.row for r in runs if r.dataset == dataset))
         plains = [b for b in ("plain", "llama-plain", "hf-plain")
-                  if all((dataset, row, b) in by for row in rows)]
+                  if all((dataset, row, b) in by for row in rows)] or ["plain"]
         for m in methods:
             base = BASELINE[m]
             pairs = [(by[(dataset, row, m)], by[(dataset, row, base)]) for row in rows
@@ -245,6 +252,7 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
             q1, q3 = np.percentile(ratios, [25, 75])
             entry = {
                 "dataset": dataset, "method": m, "baseline": base, "rows": len(pairs),
+                "failed_rows": sum(1 for r in failed if r.dataset == dataset and r.method == m),
                 "identical_rows": sum(r.tokens == p.tokens for r, p in pairs),
                 "speedup_median": statistics.median(ratios), "speedup_iqr": [float(q1), float(q3)],
                 "fastest_plain": fastest, "speedup_vs_fastest_plain": statistics.median(vs_fastest),

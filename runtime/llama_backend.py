@@ -49,12 +49,15 @@ class LlamaCppBackend:
         if not model_path.is_file():
             raise TascError(f"model file not found: {model_path}")
         threads = n_threads or physical_cores()
-        if kv_type not in KV_TYPES:
-            raise TascError(f"unknown KV cache type {kv_type!r}; choose one of {', '.join(KV_TYPES)}")
+        type_k, _, type_v = kv_type.partition("/")  # "q8_0" = both; "f16/q8_0" = K f16, V q8_0
+        type_v = type_v or type_k
+        if type_k not in KV_TYPES or type_v not in KV_TYPES:
+            raise TascError(f"unknown KV cache type {kv_type!r}; use one of {', '.join(KV_TYPES)} "
+                            "or K/V, e.g. f16/q8_0")
         self.llm = self._lib.Llama(model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch,
                                    n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
-                                   flash_attn=True, type_k=KV_TYPES[kv_type],
-                                   type_v=KV_TYPES[kv_type], logits_all=False, verbose=False)
+                                   flash_attn=True, type_k=KV_TYPES[type_k],
+                                   type_v=KV_TYPES[type_v], logits_all=False, verbose=False)
         self.model_path = model_path
         self.kv_type = kv_type
         self.n_threads = threads

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-plots", action="store_true")
 
     rep = sub.add_parser("report", help="predict a device's figures from a bench report; plots")
-    rep.add_argument("--bench", default="bench-out", help="bench.json or the folder holding it")
+    rep.add_argument("--bench", default=["bench-out"], nargs="+",
+                     help="bench.json or its folder; several runs merge, the last wins per dataset")
     rep.add_argument("--device", default="pi5", help="auto, pi4, pi5, phone-sd8g2, laptop-x86")
     rep.add_argument("--out", default=None, help="write predicted-<device>.md (and plots) here")
     rep.add_argument("--plots", action="store_true", help="also write PNG plots to --out")
@@ -154,12 +155,13 @@ def _bench(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from tasc_edge.runtime.report import run_report
 
-    print(run_report(args.bench, args.device, args.out, args.plots))
-    if args.readme:
-        from tasc_edge.runtime.report import load_report, update_readme
+    from tasc_edge.runtime.report import load_report, merge_reports, update_readme
 
-        update_readme(Path(args.readme), load_report(args.bench))
-        print(f"results section of {args.readme} rewritten from {args.bench}")
+    report = merge_reports([load_report(b) for b in args.bench])
+    print(run_report(report, args.device, args.out, args.plots))
+    if args.readme:
+        update_readme(Path(args.readme), report)
+        print(f"results section of {args.readme} rewritten from {', '.join(args.bench)}")
     return 0
 
 

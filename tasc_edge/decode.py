@@ -154,14 +154,14 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
             n_acc, nxt = verify_sampling(draft.tokens, draft.probs, logits, cfg.sampling, rng)
         backend.rollback(len(draft.tokens) - n_acc)
         new = [*draft.tokens[:n_acc], nxt]
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
 
         stats.target_forwards += 1
         stats.drafted += len(draft.tokens)
         stats.forward_tokens += 1 + len(draft.tokens)
         stats.accepted += n_acc
         stats.draft_s += t1 - t0
-        stats.verify_s += t3 - t1  # target forward + acceptance test + cache rollback
+        stats.verify_s += t2 - t1  # target forward + acceptance test + cache rollback
         for i, tok in enumerate(new):
             if tok in cfg.stop_tokens:
                 new, finish = new[:i], "stop"
@@ -173,7 +173,7 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
         if drafter is not None:
             drafter.update(draft, n_acc, new)
         pending = new[-1]
-        stats.other_s += time.perf_counter() - t3
+        stats.other_s += time.perf_counter() - t2
 
     if finish == "length" and len(out) < cfg.max_new_tokens:
         finish = "context"

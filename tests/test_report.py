@@ -143,3 +143,13 @@ def test_report_refuses_other_schema(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({"schema": "other/9"}))
     with pytest.raises(TascError, match="schema"):
         report_mod.load_report(tmp_path)
+
+
+def test_merge_reports_last_run_wins_per_dataset():
+    def rep(started, datasets, tag):
+        return {"schema": "tasc-edge.bench/1", "started": started, "cost_curve": {"step_ms": 1.0, "ratios": [1.0]},
+                "results": [{"dataset": d, "method": "plain", "tag": tag} for d in datasets]}
+
+    merged = report_mod.merge_reports([rep("a", ["x", "y"], 1), rep("b", ["y", "z"], 2)])
+    assert [(r["dataset"], r["tag"]) for r in merged["results"]] == [("x", 1), ("y", 2), ("z", 2)]
+    assert [r["datasets"] for r in merged["runs"]] == [["x"], ["y", "z"]]
