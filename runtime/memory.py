@@ -34,8 +34,9 @@ class RssSampler:
         return _Phase(self, label)
 
     def _record(self) -> None:
-        if self._label is not None:
-            self.peak[self._label] = max(self.peak.get(self._label, 0), self.rss())
+        label = self._label  # read once: the main thread may clear it between two reads
+        if label is not None:
+            self.peak[label] = max(self.peak.get(label, 0), self.rss())
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

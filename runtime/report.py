@@ -151,7 +151,8 @@ def write_plots(report: dict, out: Path) -> list[Path]:
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "cost_curve.png"))
 
-    peaks = report.get("memory_mb", {}).get("peak_by_method", {})
+    peaks = {m: v for m, v in report.get("memory_mb", {}).get("peak_by_method", {}).items()
+             if m not in (None, "null")}  # reports written before the sampler race was fixed
     if peaks:
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.bar(list(peaks), list(peaks.values()))
