@@ -23,7 +23,7 @@ from tasc_edge.errors import TascError
 from tasc_edge.ngram import NgramTable
 from tasc_edge.runtime.llama_backend import LlamaCppBackend
 from tasc_edge.runtime.models import resolve_model
-from tasc_edge.tasks import build_task_table, load_task
+from tasc_edge.tasks import load_task, task_sequences
 
 
 @dataclass
@@ -47,12 +47,14 @@ def export_tables(cfg: ExportTablesConfig, log=print) -> NgramTable:
     out = Path(cfg.out)
     with LlamaCppBackend(resolve_model(cfg.model, cfg.quant), n_ctx=cfg.n_ctx,
                          n_threads=cfg.threads) as backend:
-        end = backend.end_of_turn()
-        reference = build_task_table([r.output for r in task.train], backend.tokenize, end,
-                                     backend.tokenizer_hash, cfg.max_order)
+        # tokenized once: counted for the reference table that speeds up generation, and kept
+        # as corpus sequences when the reference outputs are part of the export
+        ref_seqs = task_sequences([r.output for r in task.train], backend.tokenize,
+                                  backend.end_of_turn())
+        reference = NgramTable.build(ref_seqs, backend.tokenizer_hash, cfg.max_order)
         sequences: list[list[int]] = []
         if cfg.corpus in ("reference", "both"):
-            sequences += [[*backend.tokenize(r.output), end] for r in task.train if r.output.strip()]
+            sequences += ref_seqs
         if cfg.corpus in ("generated", "both"):
             rows = task.train[: cfg.train_limit] if cfg.train_limit else task.train
             sequences += generated_corpus(backend, rows, reference, cfg, out, log)

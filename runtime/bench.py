@@ -41,8 +41,8 @@ from tasc_edge.runtime.models import resolve_model
 from tasc_edge.metrics import chrf, exact_match
 from tasc_edge.runtime.memory import RssSampler
 from tasc_edge.runtime.peers import PEER_BASELINE, load_peers, timed
-from tasc_edge.runtime.run import check_exact_batching
-from tasc_edge.tasks import build_task_table, load_task
+from tasc_edge.runtime.run import check_exact_batching, reference_table
+from tasc_edge.tasks import load_task
 
 OUR_METHODS = ("plain", "pld", "tasc-spec", "tasc-spec+gen")
 PEER_METHODS = tuple(PEER_BASELINE)
@@ -212,9 +212,7 @@ def _drafters(name: str, task, backend: LlamaCppBackend, cfg: BenchConfig, metho
     if "pld" in methods:
         drafters["pld"] = make_drafter("pld", None)
     if "tasc-spec" in methods:
-        table = build_task_table([r.output for r in task.train], backend.tokenize,
-                                 backend.end_of_turn(), backend.tokenizer_hash)
-        drafters["tasc-spec"] = make_drafter("tasc-spec", table)
+        drafters["tasc-spec"] = make_drafter("tasc-spec", reference_table(backend, task))
     if "tasc-spec+gen" in methods:
         if not cfg.tables:
             raise TascError("tasc-spec+gen needs --tables DIR holding <dataset>.npz from tasc-edge export")

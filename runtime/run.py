@@ -86,11 +86,16 @@ class RunSummary:
     results: list[RowResult] = field(default_factory=list)
 
 
+def reference_table(backend: LlamaCppBackend, task: Task, max_order: int = 4) -> NgramTable:
+    """Task table from the train split's reference outputs, in the target's tokenization."""
+    return build_task_table([r.output for r in task.train], backend.tokenize,
+                            backend.end_of_turn(), backend.tokenizer_hash, max_order)
+
+
 def task_table(backend: LlamaCppBackend, task: Task, cfg: RunConfig) -> NgramTable:
     if cfg.table:
         return NgramTable.load(cfg.table, expect_tokenizer_hash=backend.tokenizer_hash)
-    return build_task_table([r.output for r in task.train], backend.tokenize,
-                            backend.end_of_turn(), backend.tokenizer_hash, cfg.max_order)
+    return reference_table(backend, task, cfg.max_order)
 
 
 def check_exact_batching(backend: LlamaCppBackend, k: int) -> None:

@@ -99,14 +99,18 @@ def load_task(spec: str | Path) -> Task:
     return task
 
 
-def build_task_table(outputs: Sequence[str], tokenize: Callable[[str], list[int]],
-                     end_token: int, tokenizer_hash: str, max_order: int = 4) -> NgramTable:
-    """Task n-gram table from output texts, tokenized by the *target's* tokenizer.
-
-    Each output ends with the end-of-turn token so the drafter can also propose stopping.
-    """
+def task_sequences(outputs: Sequence[str], tokenize: Callable[[str], list[int]],
+                   end_token: int) -> list[list[int]]:
+    """Output texts as token ids of the *target's* tokenizer, each ending with the end-of-turn
+    token so the drafter can also propose stopping."""
     texts = [o for o in outputs if o.strip()]
     if not texts:
         raise TascError("empty corpus: the task has no non-empty `output` to build the n-gram "
                         "table from")
-    return NgramTable.build([[*tokenize(t), end_token] for t in texts], tokenizer_hash, max_order)
+    return [[*tokenize(t), end_token] for t in texts]
+
+
+def build_task_table(outputs: Sequence[str], tokenize: Callable[[str], list[int]],
+                     end_token: int, tokenizer_hash: str, max_order: int = 4) -> NgramTable:
+    """Task n-gram table from output texts (see task_sequences)."""
+    return NgramTable.build(task_sequences(outputs, tokenize, end_token), tokenizer_hash, max_order)
