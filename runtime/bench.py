@@ -106,6 +106,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "memory_mb": {"start": memory.rss() / 1e6}}
     with LlamaCppBackend(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads) as backend:
         report["memory_mb"]["after_target"] = memory.rss() / 1e6
+        report["kv_cache"] = backend.kv_type
         check_exact_batching(backend, cfg.max_draft + 1)
         peers = load_peers(methods, model_path, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens)
         report["memory_mb"]["after_peers"] = memory.rss() / 1e6

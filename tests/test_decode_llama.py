@@ -206,9 +206,10 @@ def long_prompt(b, n=130):
 
 def test_f16_kv_cache_breaks_batch_invariance_past_512_cells(tmp_path):
     """llama.cpp's CPU flash attention takes a split-KV path for one query over >= 512 F16 KV
-    cells; batches take another. The probe must catch it, and Q8_0 KV must not show it."""
+    cells; batches take another. The probe must catch it; a Q8_0 K cache (V Q8_0 or F16) must
+    not show it."""
     path = write_tiny_gguf(tmp_path / "t.gguf", seed=4, n_ctx=2048)
-    for kv, expect in (("f16", False), ("q8_0", True)):
+    for kv, expect in (("f16", False), ("q8_0", True), ("q8_0/f16", True)):
         with llama_backend.LlamaCppBackend(path, n_ctx=1024, n_threads=2, kv_type=kv) as b:
             ids = long_prompt(b)
             assert batch_invariant(b, ids[:16], ids[16:20])  # short contexts: fine either way
