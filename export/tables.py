@@ -82,6 +82,7 @@ def generated_corpus(backend: LlamaCppBackend, rows, reference: NgramTable,
         drafter = make_drafter("tasc-spec", reference)
         gen_cfg = GenerateConfig(cfg.max_new_tokens, stop_tokens=backend.stop_tokens)
         curve = measure_cost_curve(backend, max_k=gen_cfg.max_draft + 1)
+        end = backend.end_of_turn()  # renders the chat template: once, not per row
         out.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         skipped = 0
@@ -92,7 +93,7 @@ def generated_corpus(backend: LlamaCppBackend, rows, reference: NgramTable,
                     skipped += 1  # does not fit the context: leave it out, say so below
                     continue
                 g = generate(backend, prompt, drafter, gen_cfg, curve)
-                ids = g.tokens + ([backend.end_of_turn()] if g.finish_reason == "stop" else [])
+                ids = g.tokens + ([end] if g.finish_reason == "stop" else [])
                 f.write(json.dumps({"id": row.id, "tokens": ids, "output": backend.detokenize(g.tokens),
                                     "tokenizer_hash": backend.tokenizer_hash}) + "\n")
                 f.flush()
