@@ -15,6 +15,11 @@ Methods:
   llama-pld      llama-cpp-python with LlamaPromptLookupDecoding, as users run it
   hf-plain       Hugging Face transformers generate() on the same GGUF in torch (fp32)
   hf-pld         transformers generate(prompt_lookup_num_tokens=10)
+
+Fixed-gamma sweep (`--gamma-sweep 1,2,4,8`, on the first `--sweep-rows` rows of each dataset):
+  tasc-spec@G    TASC-spec drafting up to G tokens whenever the n-grams have a guess, with no
+                 calibrated cut-off and no cost curve: tau as a function of gamma, for the plot
+                 and to show what the adaptive length buys over a fixed one.
 """
 
 from __future__ import annotations
@@ -24,19 +29,19 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from tasc_edge.cost import CostCurve, measure_cost_curve
 from tasc_edge.decode import GenerateConfig, generate
-from tasc_edge.drafters import make_drafter
+from tasc_edge.drafters import NgramDraftConfig, make_drafter
 from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_text, sha256_file
 from tasc_edge.ngram import NgramTable
 from tasc_edge.predict import measure_bandwidth
-from tasc_edge.runtime.llama_backend import LlamaCppBackend
+from tasc_edge.runtime.llama_backend import KV_TYPES, LlamaCppBackend
 from tasc_edge.runtime.models import resolve_model
 from tasc_edge.metrics import chrf, exact_match
 from tasc_edge.runtime.memory import RssSampler
@@ -47,6 +52,19 @@ from tasc_edge.tasks import load_task
 OUR_METHODS = ("plain", "pld", "tasc-spec", "tasc-spec+gen")
 PEER_METHODS = tuple(PEER_BASELINE)
 BASELINE = {**{m: "plain" for m in OUR_METHODS}, **PEER_BASELINE}
+
+
+def sweep_method(gamma: int) -> str:
+    return f"tasc-spec@{gamma}"
+
+
+def method_gamma(method: str) -> int | None:
+    """G for a fixed-gamma sweep method `tasc-spec@G`, None for every other method."""
+    return int(method.split("@", 1)[1]) if "@" in method else None
+
+
+def baseline_of(method: str) -> str:
+    return "plain" if method_gamma(method) is not None else BASELINE[method]
 
 
 @dataclass
@@ -65,6 +83,9 @@ class BenchConfig:
     llama_pld_tokens: int = 10  # LlamaPromptLookupDecoding's default num_pred_tokens
     out: str = "bench-out"
     device: str = "auto"  # profile this bench ran on: on a real Pi, `--device pi5` tags the report
+    repeats: int = 1  # runs of every method per row; the median time counts
+    gamma_sweep: list[int] = field(default_factory=list)  # fixed draft lengths for tau-vs-gamma
+    sweep_rows: int = 10  # rows per dataset that also run the sweep
 
 
 @dataclass
@@ -94,7 +115,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     if unknown:
         raise TascError(f"unknown method(s) {', '.join(unknown)}; choose from "
                         f"{', '.join(OUR_METHODS + PEER_METHODS)}")
+    if cfg.repeats < 1 or any(g < 1 for g in cfg.gamma_sweep):
+        raise TascError("--repeats and every --gamma-sweep value must be >= 1")
     methods = list(dict.fromkeys([*cfg.methods, *(BASELINE[m] for m in cfg.methods)]))
+    sweep = [sweep_method(g) for g in cfg.gamma_sweep]
+    if sweep and "plain" not in methods:
+        methods.append("plain")  # the sweep's baseline
     model_path = resolve_model(cfg.model, cfg.quant)
     runs: list[RowRun] = []
     bandwidth = measure_bandwidth()  # before any model is loaded: an idle machine
@@ -108,7 +134,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         report["memory_mb"]["after_target"] = memory.rss() / 1e6
         report["kv_cache"] = backend.kv_type
         check_exact_batching(backend, cfg.max_draft + 1)
-        peers = load_peers(methods, model_path, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens)
+        peers = load_peers(methods, model_path, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens,
+                           (KV_TYPES[backend.type_k], KV_TYPES[backend.type_v]))
         report["memory_mb"]["after_peers"] = memory.rss() / 1e6
         curve = measure_cost_curve(backend, max_k=16)
         report["cost_curve"] = {"step_ms": curve.step_seconds * 1e3, "ratios": list(curve.ratios)}
@@ -121,7 +148,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         try:
             for name in cfg.datasets:
                 task = load_task(Path(cfg.data_root) / name)
-                drafters = _drafters(name, task, backend, cfg, methods)
+                drafters = _drafters(name, task, backend, cfg, methods + sweep)
                 table_bytes[name] = {m: d.task.nbytes for m, d in drafters.items()
                                      if d is not None and d.task is not None}
                 rows, prompts = [], []
@@ -135,11 +162,15 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                     rows.append(row)
                     prompts.append(prompt)
                 for i, (row, prompt) in enumerate(zip(rows, prompts)):
-                    order = methods[i % len(methods):] + methods[: i % len(methods)]
-                    for m in order:
-                        with memory.phase(m):
-                            runs.append(_one_run(m, name, row, prompt, backend, drafters, peers,
-                                                 gen_cfg, curve, cfg))
+                    row_methods = methods + (sweep if i < cfg.sweep_rows else [])
+                    order = row_methods[i % len(row_methods):] + row_methods[: i % len(row_methods)]
+                    tries: dict[str, list[RowRun]] = {m: [] for m in order}
+                    for _ in range(cfg.repeats):  # rounds, so noise hits every method alike
+                        for m in order:
+                            with memory.phase(m):
+                                tries[m].append(_one_run(m, name, row, prompt, backend, drafters,
+                                                         peers, gen_cfg, curve, cfg))
+                    runs.extend(_median_run(tries[m]) for m in order)
                     done_rows += 1
                     rate = done_rows / (time.perf_counter() - started)
                     log(f"{name} [{i + 1}/{len(rows)}] {done_rows}/{total_rows} rows, ETA "
@@ -161,11 +192,18 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     return report
 
 
+def _median_run(tries: list[RowRun]) -> RowRun:
+    """The run with the median wall time (outputs are identical across repeats when greedy)."""
+    ok = sorted((r for r in tries if not r.error), key=lambda r: r.total_s)
+    return ok[(len(ok) - 1) // 2] if ok else tries[0]
+
+
 def _finish(report: dict, runs: list[RowRun], cfg: BenchConfig, curve: CostCurve,
             memory: RssSampler, table_bytes: dict) -> None:
     report["memory_mb"]["peak_by_method"] = {m: v / 1e6 for m, v in memory.peak.items()}
     report["table_bytes"] = table_bytes
-    report["results"] = summarise(runs, cfg.methods, curve)
+    report["results"] = summarise(runs, cfg.methods + [sweep_method(g) for g in cfg.gamma_sweep],
+                                  curve, report["memory_mb"]["peak_by_method"])
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_report(report, runs, Path(cfg.out))
 
@@ -181,7 +219,11 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
             return RowRun(dataset, row.id, m, [], 0.0, 0.0, 0.0, error=f"{type(e).__name__}: {e}")
         text = backend.detokenize(tokens)
         return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output), chrf(text, row.output))
-    g = generate(backend, prompt, drafters[m], gen_cfg, curve)
+    gamma = method_gamma(m)
+    if gamma is not None:  # fixed length: no cost curve, the drafter's own cut-off disabled
+        g = generate(backend, prompt, drafters[m], replace(gen_cfg, max_draft=gamma), None)
+    else:
+        g = generate(backend, prompt, drafters[m], gen_cfg, curve)
     s, text = g.stats, backend.detokenize(g.tokens)
     return RowRun(dataset, row.id, m, g.tokens, s.total_s, exact_match(text, row.output),
                   chrf(text, row.output), s.tau, s.drafted, s.accepted, s.target_forwards,
@@ -219,13 +261,25 @@ def _drafters(name: str, task, backend: LlamaCppBackend, cfg: BenchConfig, metho
             raise TascError("tasc-spec+gen needs --tables DIR holding <dataset>.npz from tasc-edge export")
         table = NgramTable.load(Path(cfg.tables) / f"{name}.npz", backend.tokenizer_hash)
         drafters["tasc-spec+gen"] = make_drafter("tasc-spec", table)
+    sweep = [m for m in methods if method_gamma(m) is not None]
+    if sweep:  # the sweep uses the best table at hand: the exported one, else the reference one
+        table = (NgramTable.load(Path(cfg.tables) / f"{name}.npz", backend.tokenizer_hash)
+                 if cfg.tables else reference_table(backend, task))
+        for m in sweep:
+            drafters[m] = make_drafter("tasc-spec", table, NgramDraftConfig(min_survival=0.0))
     return drafters
 
 
-def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = None) -> list[dict]:
+def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = None,
+              peak_mb: dict[str, float] | None = None) -> list[dict]:
     """One entry per dataset x method. MBSU = tau / (gamma * c + 1) with c = 0 for n-gram
     drafters (no draft model is read), so MBSU = tau: the speed-up a perfectly memory-bound
-    target would give. `speedup_predicted` replaces the flat curve by the measured t(k)/t(1)."""
+    target would give. `speedup_predicted` replaces the flat curve by the measured t(k)/t(1).
+    Memory: `peak_rss_mb` is the process's peak while the method ran (one process holds every
+    method's model), `rss_delta_mb` that minus the peak while its baseline ran: what the
+    drafter itself adds (tables, context index); peers' models are loaded up front and show
+    in the report's `memory_mb` load phases instead."""
+    peak_mb = peak_mb or {}
     failed = [r for r in runs if r.error]
     by = {(r.dataset, r.row, r.method): r for r in runs if not r.error}
     results = []
@@ -234,7 +288,7 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
         plains = [b for b in ("plain", "llama-plain", "hf-plain")
                   if all((dataset, row, b) in by for row in rows)] or ["plain"]
         for m in methods:
-            base = BASELINE[m]
+            base = baseline_of(m)
             pairs = [(by[(dataset, row, m)], by[(dataset, row, base)]) for row in rows
                      if (dataset, row, m) in by and (dataset, row, base) in by]
             if not pairs:
@@ -253,6 +307,9 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
                 "dataset": dataset, "method": m, "baseline": base, "rows": len(pairs),
                 "failed_rows": sum(1 for r in failed if r.dataset == dataset and r.method == m),
                 "identical_rows": sum(r.tokens == p.tokens for r, p in pairs),
+                # same tokens as *our* plain loop: is the cross-backend comparison like for like?
+                "same_as_plain_rows": sum(r.tokens == by[(dataset, r.row, "plain")].tokens
+                                          for r in mine if (dataset, r.row, "plain") in by),
                 "speedup_median": statistics.median(ratios), "speedup_iqr": [float(q1), float(q3)],
                 "fastest_plain": fastest, "speedup_vs_fastest_plain": statistics.median(vs_fastest),
                 "tokens_per_s": sum(len(r.tokens) for r in mine) / sum(r.total_s for r in mine),
@@ -261,7 +318,9 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
                 "chrf": statistics.fmean(r.chrf for r in mine),
                 "tau_mean": tau, "mbsu": tau, "acceptance": accepted / drafted if drafted else None,
                 "mean_accepted_length": None, "drafted_wasted": None, "time_split": None,
-                "speedup_predicted": None,
+                "speedup_predicted": None, "gamma": method_gamma(m),
+                "peak_rss_mb": peak_mb.get(m),
+                "rss_delta_mb": (peak_mb[m] - peak_mb[base]) if m in peak_mb and base in peak_mb else None,
             }
             if ours:
                 drafting = sum(1 for r in mine if r.drafted)  # rows that drafted at all
@@ -288,15 +347,17 @@ def markdown(report: dict) -> str:
              f"Verify cost on this machine: t(1) = {curve.get('step_ms', 0):.1f} ms; t(k)/t(1) for "
              "k = 1.. = " + " ".join(f"{r:.2f}" for r in curve.get("ratios", [])), "",
              "| dataset | method | rows | identical | speed-up vs own plain, median [IQR] | "
-             "vs fastest plain | tau = MBSU | predicted from t(k) | acceptance | tok/s | exact | chrF |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "vs fastest plain | tau = MBSU | predicted from t(k) | acceptance | tok/s | exact | chrF | "
+             "peak RSS MB (+ over baseline) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(
             f"| {r['dataset']} | {r['method']} | {r['rows']} | {r['identical_rows']}/{r['rows']} | "
             f"{r['speedup_median']:.2f}x [{r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f}] | "
             f"{r['speedup_vs_fastest_plain']:.2f}x ({r['fastest_plain']}) | {f(r['tau_mean'], '.2f')} | "
             f"{f(r['speedup_predicted'], '.2f')} | {f(r['acceptance'], '.2f')} | {r['tokens_per_s']:.1f} | "
-            f"{r['exact_match']:.2f} | {r['chrf']:.1f} |")
+            f"{r['exact_match']:.2f} | {r['chrf']:.1f} | {f(r.get('peak_rss_mb'), '.0f')} "
+            f"({f(r.get('rss_delta_mb'), '+.1f')}) |")
     if report.get("interrupted"):
         lines += ["", "**Interrupted**: only the rows that finished are counted."]
     return "\n".join(lines) + "\n"

@@ -16,6 +16,13 @@ Two llama.cpp settings decide it (measured here, llama.cpp in llama-cpp-python 0
   here (snips, 12 rows, q4_0 weights): plain 103 tok/s with q8_0/f16, 103 with the default
   f16/f16 (inexact), 93 with q8_0/q8_0; both quantized variants are bit-exact.
 `check_exact_batching` (runtime.run) verifies invariance at a short and a long position.
+
+Prompt-prefix reuse: task prompts share long templates (few-shot examples, schemas, tool
+lists), so `prefill` keeps the cached KV of the longest common prefix with what is already in
+the cache and decodes only the rest, as llama-cpp-python's `Llama.generate` does. It is exact
+for the same reason batched verification is: with the Q8_0 K cache a row's logits do not
+depend on how the sequence was split into batches. (With the default F16 cache they do:
+llama-cpp-python's own prefix reuse changed a greedy snips output from 128 tokens to 5.)
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ class LlamaCppBackend:
     """Backend protocol (prefill / forward / rollback) plus the model's tokenizer and template."""
 
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512, kv_type: str = "q8_0/f16") -> None:
+                 n_batch: int = 512, kv_type: str = "q8_0/f16", reuse_prefix: bool = True) -> None:
         self._lib = require("llama_cpp", "runtime")
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -67,6 +74,9 @@ class LlamaCppBackend:
         self.n_vocab = self.llm.n_vocab()
         self.n_batch = n_batch
         self.n_past = 0
+        self.reuse_prefix = reuse_prefix
+        self.reused_tokens = 0  # prompt tokens the last prefill took from the cache
+        self._cached: list[int] = []  # token at each cache position 0..n_past-1
         self._ctx = self.llm.ctx
         self._memory = self._lib.llama_get_memory(self._ctx)
         self._vocab = self._lib.llama_model_get_vocab(self.llm.model)
@@ -87,9 +97,16 @@ class LlamaCppBackend:
 
     # -- backend protocol --------------------------------------------------------------------
     def prefill(self, tokens: Sequence[int]) -> None:
-        self._lib.llama_memory_seq_rm(self._memory, 0, 0, -1)
-        self.n_past = 0
-        for i in range(0, len(tokens), self.n_batch):
+        keep = 0
+        if self.reuse_prefix:
+            for a, b in zip(self._cached, tokens):
+                if a != b:
+                    break
+                keep += 1
+        self._lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
+        self.n_past, self.reused_tokens = keep, keep
+        del self._cached[keep:]
+        for i in range(keep, len(tokens), self.n_batch):
             self._decode(tokens[i : i + self.n_batch], all_logits=False)
 
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
@@ -104,6 +121,7 @@ class LlamaCppBackend:
     def rollback(self, n: int) -> None:
         if n > 0:
             self.n_past -= n
+            del self._cached[self.n_past:]
             self._lib.llama_memory_seq_rm(self._memory, 0, self.n_past, -1)
 
     def _decode(self, tokens: Sequence[int], all_logits: bool) -> None:
@@ -119,7 +137,10 @@ class LlamaCppBackend:
             b.logits[i] = all_logits or i == len(tokens) - 1
         rc = self._lib.llama_decode(self._ctx, b)
         if rc != 0:
+            self._cached = self._cached[: self.n_past]  # what the failed batch left is unknown
+            self._lib.llama_memory_seq_rm(self._memory, 0, self.n_past, -1)
             raise RuntimeError(f"llama_decode returned {rc}")
+        self._cached.extend(int(t) for t in tokens)
         self.n_past += len(tokens)
 
     # -- tokenizer and chat template ---------------------------------------------------------

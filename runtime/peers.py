@@ -1,8 +1,12 @@
 """Peer implementations, run the way their users run them, each with its own plain baseline.
 
-* llama-cpp-python: `Llama.generate` greedy, without and with `LlamaPromptLookupDecoding`
-  (flash attention on for both, as for our backend: without it batched verification is not
-  exact and its outputs drift from plain greedy).
+* llama-cpp-python: `Llama.generate` greedy, without and with `LlamaPromptLookupDecoding`,
+  with llama.cpp configured as our backend is (flash attention, K cache Q8_0 / V cache F16).
+  With llama.cpp's default F16 cache a row's logits depend on how the sequence was batched,
+  and `Llama.generate` reuses the KV of the previous prompt's common prefix: measured on
+  snips, one prompt's greedy output was 128 tokens cold and 5 different tokens after another
+  prompt. A baseline that changes its answer with history is no baseline, so both peers
+  get the cache settings that make them deterministic (and equal to our plain output).
 * Hugging Face transformers: the same GGUF loaded into torch (`gguf_file=`, dequantized to
   fp32), `generate()` greedy without and with `prompt_lookup_num_tokens`.
 """
@@ -25,14 +29,15 @@ class Peer(Protocol):
 
 
 class LlamaPeer:
-    def __init__(self, model_path: Path, n_ctx: int, threads: int, pld_tokens: int | None) -> None:
+    def __init__(self, model_path: Path, n_ctx: int, threads: int, pld_tokens: int | None,
+                 type_k: int = 8, type_v: int = 1) -> None:
         llama_cpp = require("llama_cpp", "runtime")
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
         draft = LlamaPromptLookupDecoding(num_pred_tokens=pld_tokens) if pld_tokens else None
         self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads,
                                    n_threads_batch=threads, flash_attn=True, verbose=False,
-                                   draft_model=draft)
+                                   type_k=type_k, type_v=type_v, draft_model=draft)
 
     def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> list[int]:
         out: list[int] = []
@@ -62,7 +67,8 @@ class HFPeer:
                                       max_new_tokens=max_new_tokens, do_sample=False,
                                       eos_token_id=sorted(stops), pad_token_id=sorted(stops)[0],
                                       **kwargs)
-        new = out[0, len(prompt):].tolist()
+        # prompt lookup can overshoot max_new_tokens by part of its last accepted draft
+        new = out[0, len(prompt):].tolist()[:max_new_tokens]
         for i, t in enumerate(new):
             if t in stops:
                 return new[:i]
@@ -82,12 +88,13 @@ def load_hf_model(model_path: Path, threads: int) -> object:
 
 
 def load_peers(methods: list[str], model_path: Path, n_ctx: int, threads: int,
-               pld_tokens: int) -> dict[str, Peer]:
+               pld_tokens: int, kv_types: tuple[int, int] = (8, 1)) -> dict[str, Peer]:
     peers: dict[str, Peer] = {}
     hf_model = None
     for m in methods:
         if m in ("llama-plain", "llama-pld"):
-            peers[m] = LlamaPeer(model_path, n_ctx, threads, pld_tokens if m == "llama-pld" else None)
+            peers[m] = LlamaPeer(model_path, n_ctx, threads, pld_tokens if m == "llama-pld" else None,
+                                 *kv_types)
         elif m in ("hf-plain", "hf-pld"):
             hf_model = hf_model or load_hf_model(model_path, threads)
             peers[m] = HFPeer(hf_model, pld_tokens if m == "hf-pld" else None)

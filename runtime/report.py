@@ -102,7 +102,7 @@ def write_plots(report: dict, out: Path) -> list[Path]:
     results = report["results"]
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
     methods = [m for m in dict.fromkeys(r["method"] for r in results)
-               if m not in ("plain", "llama-plain", "hf-plain")]
+               if m not in ("plain", "llama-plain", "hf-plain") and "@" not in m]
     paths = []
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -151,6 +151,30 @@ def write_plots(report: dict, out: Path) -> list[Path]:
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "cost_curve.png"))
 
+    sweep = [r for r in results if r.get("gamma")]
+    if sweep:
+        fig, (ax_tau, ax_speed) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for i, d in enumerate(datasets):
+            pts = sorted((r["gamma"], r["tau_mean"], r["speedup_median"]) for r in sweep if r["dataset"] == d)
+            if not pts:
+                continue
+            color = f"C{i}"
+            ax_tau.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color, label=d)
+            ax_speed.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", color=color, label=d)
+            adaptive = next((r for r in results if r["dataset"] == d and r["method"] in
+                             ("tasc-spec+gen", "tasc-spec")), None)
+            if adaptive is not None:
+                ax_speed.axhline(adaptive["speedup_median"], color=color, linestyle="--", linewidth=0.8)
+        ax_tau.set_xlabel("fixed draft length gamma")
+        ax_tau.set_ylabel("tau (tokens per target forward) = MBSU")
+        ax_tau.set_title("tau vs gamma (TASC-spec, fixed length)")
+        ax_speed.axhline(1.0, color="black", linewidth=0.8)
+        ax_speed.set_xlabel("fixed draft length gamma")
+        ax_speed.set_ylabel("wall-clock speed-up vs plain (median)")
+        ax_speed.set_title("fixed gamma (solid) vs adaptive length (dashed)")
+        ax_tau.legend(fontsize=8)
+        paths.append(_save(fig, out / "tau_vs_gamma.png"))
+
     peaks = {m: v for m, v in report.get("memory_mb", {}).get("peak_by_method", {}).items()
              if m not in (None, "null")}  # reports written before the sampler race was fixed
     if peaks:
@@ -177,7 +201,7 @@ README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 def readme_results(report: dict) -> str:
     """Results section for README.md, generated from a bench report (never typed by hand)."""
-    results = report["results"]
+    results = [r for r in report["results"] if not r.get("gamma")]  # the sweep has its own plot
     methods = list(dict.fromkeys(r["method"] for r in results))
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
     by = {(r["dataset"], r["method"]): r for r in results}

@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default="bench-out")
     bench.add_argument("--device", default="auto",
                        help="profile of the device this runs on (tags the report; see `report`)")
+    bench.add_argument("--repeats", type=int, default=1, help="runs per method and row (median counts)")
+    bench.add_argument("--gamma-sweep", default="",
+                       help="fixed draft lengths, e.g. 1,2,4,8: tau vs gamma on the first --sweep-rows rows")
+    bench.add_argument("--sweep-rows", type=int, default=10)
     bench.add_argument("--no-plots", action="store_true")
 
     rep = sub.add_parser("report", help="predict a device's figures from a bench report; plots")
@@ -138,7 +142,9 @@ def _bench(args: argparse.Namespace) -> int:
                       methods=[m for m in args.methods.split(",") if m], limit=args.limit,
                       max_new_tokens=args.max_new_tokens, model=args.model, quant=args.quant,
                       n_ctx=args.n_ctx, threads=args.threads, tables=args.tables,
-                      max_draft=args.max_draft, out=args.out, device=args.device)
+                      max_draft=args.max_draft, out=args.out, device=args.device,
+                      repeats=args.repeats, sweep_rows=args.sweep_rows,
+                      gamma_sweep=[int(g) for g in args.gamma_sweep.split(",") if g])
     report = run_bench(cfg)
     print(markdown(report))
     print(f"report written to {cfg.out}/bench.json and bench.md")

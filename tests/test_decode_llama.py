@@ -227,3 +227,22 @@ def test_greedy_spec_equals_plain_past_512_tokens(long_backend):
         assert got.tokens == ref
     got = generate(b, prompt, NgramDrafter(NgramTable.build([ref + [2]], b.tokenizer_hash)), cfg)
     assert got.tokens == ref and got.stats.accepted > 0
+
+
+def test_prompt_prefix_reuse_is_exact(tmp_path):
+    """Two prompts sharing a long prefix: the second, decoded over the first one's cached
+    prefix, gives the tokens a cold cache gives (the cache keeps only the common prefix)."""
+    path = write_tiny_gguf(tmp_path / "t.gguf", seed=5, n_ctx=2048)
+    cfg = GenerateConfig(max_new_tokens=40, max_draft=8, stop_tokens=frozenset())
+    with llama_backend.LlamaCppBackend(path, n_ctx=1024, n_threads=2, reuse_prefix=False) as cold:
+        base = long_prompt(cold)
+        first, second = base + cold.tokenize(" milk"), base + cold.tokenize(" json two")
+        want = plain(cold, second, cfg)
+        assert cold.reused_tokens == 0
+    with llama_backend.LlamaCppBackend(path, n_ctx=1024, n_threads=2) as warm:
+        plain(warm, first, cfg)
+        assert generate(warm, second, None, cfg).tokens == want
+        assert warm.reused_tokens >= len(base)  # the shared part really came from the cache
+        ref_table = NgramTable.build([want + [2]], warm.tokenizer_hash)
+        assert generate(warm, second, NgramDrafter(ref_table), cfg).tokens == want
+        assert warm.reused_tokens == len(second) - 1  # same prompt again: nothing re-decoded

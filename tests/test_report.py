@@ -41,6 +41,25 @@ def test_mbsu_and_speedup_arithmetic_on_known_inputs():
     assert mean_k == 3
 
 
+def test_gamma_sweep_rows_compare_with_plain_and_memory_delta():
+    runs = [run("a", "plain", [1] * 8, 0.8, 1.0, 0, 0, 8, 8),
+            run("a", "tasc-spec@4", [1] * 8, 0.5, 2.0, 12, 4, 4, 16),
+            run("b", "plain", [2] * 8, 0.8, 1.0, 0, 0, 8, 8)]  # the sweep ran on row a only
+    peaks = {"plain": 300.0, "tasc-spec@4": 312.5}
+    plain, sweep = bench.summarise(runs, ["plain", "tasc-spec@4"], None, peaks)
+    assert sweep["gamma"] == 4 and plain["gamma"] is None
+    assert sweep["baseline"] == "plain" and sweep["rows"] == 1
+    assert sweep["speedup_median"] == pytest.approx(0.8 / 0.5)
+    assert sweep["peak_rss_mb"] == 312.5 and sweep["rss_delta_mb"] == pytest.approx(12.5)
+    assert plain["rss_delta_mb"] == 0.0
+    assert bench.method_gamma("tasc-spec+gen") is None and bench.method_gamma("tasc-spec@12") == 12
+
+
+def test_median_of_repeats_keeps_the_middle_run():
+    tries = [run("a", "pld", [1], t) for t in (0.9, 0.3, 0.5)]
+    assert bench._median_run(tries).total_s == 0.5
+
+
 def test_best_fixed_gamma():
     flat, steep = CostCurve.flat(16), CostCurve(tuple(1.0 + 0.9 * k for k in range(16)))
     assert best_fixed_gamma(0.9, flat) > best_fixed_gamma(0.9, steep)
