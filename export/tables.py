@@ -41,31 +41,36 @@ class ExportTablesConfig:
 
 
 def export_tables(cfg: ExportTablesConfig, log=print) -> NgramTable:
+    """Tables alone (for `tasc-edge bench --tables`), on the GGUF target."""
+    with LlamaCppBackend(resolve_model(cfg.model, cfg.quant), n_ctx=cfg.n_ctx,
+                         n_threads=cfg.threads) as backend:
+        return build_task_table(backend, cfg, Path(cfg.out), log)
+
+
+def build_task_table(backend, cfg: ExportTablesConfig, out: Path, log=print) -> NgramTable:
+    """The task table for `backend`'s tokenizer, saved atomically to `out` (.npz). Any backend
+    with tokenize / chat_prompt / end_of_turn and the decode protocol will do."""
     if cfg.corpus not in ("reference", "generated", "both"):
         raise TascError(f"unknown corpus {cfg.corpus!r}")
     task = load_task(cfg.task)
-    out = Path(cfg.out)
-    with LlamaCppBackend(resolve_model(cfg.model, cfg.quant), n_ctx=cfg.n_ctx,
-                         n_threads=cfg.threads) as backend:
-        # tokenized once: counted for the reference table that speeds up generation, and kept
-        # as corpus sequences when the reference outputs are part of the export
-        ref_seqs = task_sequences([r.output for r in task.train], backend.tokenize,
-                                  backend.end_of_turn())
-        reference = NgramTable.build(ref_seqs, backend.tokenizer_hash, cfg.max_order)
-        sequences: list[list[int]] = []
-        if cfg.corpus in ("reference", "both"):
-            sequences += ref_seqs
-        if cfg.corpus in ("generated", "both"):
-            rows = task.train[: cfg.train_limit] if cfg.train_limit else task.train
-            sequences += generated_corpus(backend, rows, reference, cfg, out, log)
-        table = NgramTable.build(sequences, backend.tokenizer_hash, cfg.max_order)
+    # tokenized once: counted for the reference table that speeds up generation, and kept
+    # as corpus sequences when the reference outputs are part of the export
+    ref_seqs = task_sequences([r.output for r in task.train], backend.tokenize, backend.end_of_turn())
+    reference = NgramTable.build(ref_seqs, backend.tokenizer_hash, cfg.max_order)
+    sequences: list[list[int]] = []
+    if cfg.corpus in ("reference", "both"):
+        sequences += ref_seqs
+    if cfg.corpus in ("generated", "both"):
+        rows = task.train[: cfg.train_limit] if cfg.train_limit else task.train
+        sequences += generated_corpus(backend, rows, reference, cfg, out, log)
+    table = NgramTable.build(sequences, backend.tokenizer_hash, cfg.max_order)
     table.save(out)
     log(f"wrote {out}: {table.n_sequences} sequences, {table.n_tokens} tokens, "
         f"{table.nbytes / 1e6:.2f} MB in memory, {out.stat().st_size / 1e6:.2f} MB on disk")
     return table
 
 
-def generated_corpus(backend: LlamaCppBackend, rows, reference: NgramTable,
+def generated_corpus(backend, rows, reference: NgramTable,
                      cfg: ExportTablesConfig, out: Path, log) -> list[list[int]]:
     final = out.with_name(out.name + ".generated.jsonl")
     partial = final.with_name(final.name + ".partial")

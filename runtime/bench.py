@@ -11,6 +11,9 @@ Methods:
   pld            context-only n-gram lookup (our adaptive drafter, no task table)
   tasc-spec      task table from the train split's reference outputs + context
   tasc-spec+gen  task table from `tasc-edge export` (reference + the target's own generations)
+  plain-unpadded ONNX backend only: plain decoding without the second row that keeps one-token
+                 forwards on onnxruntime's batched kernels (see onnx_backend): the plain
+                 loop a user would write, its own baseline and a fastest-plain candidate
   llama-plain    llama-cpp-python Llama.generate, greedy (the peer's baseline)
   llama-pld      llama-cpp-python with LlamaPromptLookupDecoding, as users run it
   hf-plain       Hugging Face transformers generate() on the same GGUF in torch (fp32)
@@ -42,16 +45,17 @@ from tasc_edge.files import atomic_write_text, sha256_file
 from tasc_edge.ngram import NgramTable
 from tasc_edge.predict import measure_bandwidth
 from tasc_edge.runtime.llama_backend import KV_TYPES, LlamaCppBackend
-from tasc_edge.runtime.models import resolve_model
+from tasc_edge.runtime.bundle import load_table, open_target
 from tasc_edge.metrics import chrf, exact_match
 from tasc_edge.runtime.memory import RssSampler
 from tasc_edge.runtime.peers import PEER_BASELINE, load_peers, timed
 from tasc_edge.runtime.run import check_exact_batching, reference_table
 from tasc_edge.tasks import load_task
 
-OUR_METHODS = ("plain", "pld", "tasc-spec", "tasc-spec+gen")
+OUR_METHODS = ("plain", "pld", "tasc-spec", "tasc-spec+gen", "plain-unpadded")
 PEER_METHODS = tuple(PEER_BASELINE)
-BASELINE = {**{m: "plain" for m in OUR_METHODS}, **PEER_BASELINE}
+BASELINE = {**{m: "plain" for m in OUR_METHODS}, "plain-unpadded": "plain-unpadded", **PEER_BASELINE}
+PLAIN_METHODS = ("plain", "plain-unpadded", "llama-plain", "hf-plain")
 
 
 def sweep_method(gamma: int) -> str:
@@ -79,6 +83,7 @@ class BenchConfig:
     n_ctx: int = 4096
     threads: int | None = None
     tables: str | None = None  # folder with <dataset>.npz from `tasc-edge export`
+    bundle: str | None = None  # exported bundle: its model (ONNX or GGUF) and its task tables
     max_draft: int = 12
     llama_pld_tokens: int = 10  # LlamaPromptLookupDecoding's default num_pred_tokens
     out: str = "bench-out"
@@ -121,21 +126,32 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     sweep = [sweep_method(g) for g in cfg.gamma_sweep]
     if sweep and "plain" not in methods:
         methods.append("plain")  # the sweep's baseline
-    model_path = resolve_model(cfg.model, cfg.quant)
     runs: list[RowRun] = []
     bandwidth = measure_bandwidth()  # before any model is loaded: an idle machine
     memory = RssSampler().start()
+    start_rss = memory.rss()
+    backend, model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle)
+    onnx = bundle is not None and bundle.format == "onnx"
+    if onnx and any(m in PEER_METHODS for m in methods):
+        backend.close()
+        raise TascError("the llama-* and hf-* peers run GGUF models; with an ONNX bundle use "
+                        "plain, plain-unpadded, pld, tasc-spec, tasc-spec+gen")
+    if "plain-unpadded" in methods and not onnx:
+        backend.close()
+        raise TascError("plain-unpadded exists for the ONNX backend only (--bundle of format onnx)")
     report = {"schema": "tasc-edge.bench/1", "command": " ".join(sys.argv), "config": asdict(cfg),
               "model": model_path.name, "model_bytes": model_path.stat().st_size,
               "model_sha256": sha256_file(model_path), "machine": machine_info(),
               "device": cfg.device, "bandwidth_gbs": bandwidth,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "memory_mb": {"start": memory.rss() / 1e6}}
-    with LlamaCppBackend(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads) as backend:
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "memory_mb": {"start": start_rss / 1e6},
+              "backend": "onnxruntime" if onnx else "llama.cpp"}
+    with backend:
         report["memory_mb"]["after_target"] = memory.rss() / 1e6
         report["kv_cache"] = backend.kv_type
         check_exact_batching(backend, cfg.max_draft + 1)
-        peers = load_peers(methods, model_path, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens,
-                           (KV_TYPES[backend.type_k], KV_TYPES[backend.type_v]))
+        peers = {} if onnx else load_peers(
+            methods, model_path, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens,
+            (KV_TYPES[backend.type_k], KV_TYPES[backend.type_v]))
         report["memory_mb"]["after_peers"] = memory.rss() / 1e6
         curve = measure_cost_curve(backend, max_k=16)
         report["cost_curve"] = {"step_ms": curve.step_seconds * 1e3, "ratios": list(curve.ratios)}
@@ -148,7 +164,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         try:
             for name in cfg.datasets:
                 task = load_task(Path(cfg.data_root) / name)
-                drafters = _drafters(name, task, backend, cfg, methods + sweep)
+                drafters = _drafters(name, task, backend, cfg, methods + sweep, bundle)
                 table_bytes[name] = {m: d.task.nbytes for m, d in drafters.items()
                                      if d is not None and d.task is not None}
                 rows, prompts = [], []
@@ -220,7 +236,13 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
         text = backend.detokenize(tokens)
         return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output), chrf(text, row.output))
     gamma = method_gamma(m)
-    if gamma is not None:  # fixed length: no cost curve, the drafter's own cut-off disabled
+    if m == "plain-unpadded":
+        backend.min_rows = 1
+        try:
+            g = generate(backend, prompt, None, gen_cfg, None)
+        finally:
+            backend.min_rows = 2
+    elif gamma is not None:  # fixed length: no cost curve, the drafter's own cut-off disabled
         g = generate(backend, prompt, drafters[m], replace(gen_cfg, max_draft=gamma), None)
     else:
         g = generate(backend, prompt, drafters[m], gen_cfg, curve)
@@ -250,21 +272,29 @@ def write_report(report: dict, runs: list[RowRun], out: Path) -> None:
     atomic_write_text(out / "bench.md", markdown(report))
 
 
-def _drafters(name: str, task, backend: LlamaCppBackend, cfg: BenchConfig, methods: list[str]) -> dict:
-    drafters: dict = {"plain": None}
+def _exported_table(name: str, backend, cfg: BenchConfig, bundle) -> NgramTable:
+    if bundle is not None:
+        if name not in bundle.tasks:
+            raise TascError(f"bundle {bundle.path} has no table for {name} (it has "
+                            f"{', '.join(bundle.tasks) or 'none'})")
+        return load_table(bundle, name, backend.tokenizer_hash)
+    if not cfg.tables:
+        raise TascError("tasc-spec+gen needs --bundle or --tables DIR holding <dataset>.npz from tasc-edge export")
+    return NgramTable.load(Path(cfg.tables) / f"{name}.npz", backend.tokenizer_hash)
+
+
+def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bundle=None) -> dict:
+    drafters: dict = {"plain": None, "plain-unpadded": None}
     if "pld" in methods:
         drafters["pld"] = make_drafter("pld", None)
     if "tasc-spec" in methods:
         drafters["tasc-spec"] = make_drafter("tasc-spec", reference_table(backend, task))
     if "tasc-spec+gen" in methods:
-        if not cfg.tables:
-            raise TascError("tasc-spec+gen needs --tables DIR holding <dataset>.npz from tasc-edge export")
-        table = NgramTable.load(Path(cfg.tables) / f"{name}.npz", backend.tokenizer_hash)
-        drafters["tasc-spec+gen"] = make_drafter("tasc-spec", table)
+        drafters["tasc-spec+gen"] = make_drafter("tasc-spec", _exported_table(name, backend, cfg, bundle))
     sweep = [m for m in methods if method_gamma(m) is not None]
     if sweep:  # the sweep uses the best table at hand: the exported one, else the reference one
-        table = (NgramTable.load(Path(cfg.tables) / f"{name}.npz", backend.tokenizer_hash)
-                 if cfg.tables else reference_table(backend, task))
+        table = (_exported_table(name, backend, cfg, bundle) if cfg.tables or bundle
+                 else reference_table(backend, task))
         for m in sweep:
             drafters[m] = make_drafter("tasc-spec", table, NgramDraftConfig(min_survival=0.0))
     return drafters
@@ -285,7 +315,7 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
     results = []
     for dataset in dict.fromkeys(r.dataset for r in runs):
         rows = list(dict.fromkeys(r.row for r in runs if r.dataset == dataset))
-        plains = [b for b in ("plain", "llama-plain", "hf-plain")
+        plains = [b for b in PLAIN_METHODS
                   if all((dataset, row, b) in by for row in rows)] or ["plain"]
         for m in methods:
             base = baseline_of(m)

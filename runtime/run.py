@@ -22,7 +22,7 @@ from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_text
 from tasc_edge.ngram import NgramTable
 from tasc_edge.runtime.llama_backend import LlamaCppBackend
-from tasc_edge.runtime.models import resolve_model
+from tasc_edge.runtime.bundle import load_table, open_target
 from tasc_edge.tasks import Task, build_task_table, load_task
 from tasc_edge.verify import SamplingConfig
 
@@ -41,6 +41,7 @@ class RunConfig:
     n_ctx: int = 4096
     threads: int | None = None
     table: str | None = None  # prebuilt .npz (tasc-edge export); else built from train outputs
+    bundle: str | None = None  # an exported bundle: its model, and its table for this task
     max_order: int = 4
     max_draft: int = 12
     adaptive: bool = True  # draft length from the measured cost curve and calibrated confidence
@@ -92,9 +93,11 @@ def reference_table(backend: LlamaCppBackend, task: Task, max_order: int = 4) ->
                             backend.end_of_turn(), backend.tokenizer_hash, max_order)
 
 
-def task_table(backend: LlamaCppBackend, task: Task, cfg: RunConfig) -> NgramTable:
+def task_table(backend: LlamaCppBackend, task: Task, cfg: RunConfig, bundle=None) -> NgramTable:
     if cfg.table:
         return NgramTable.load(cfg.table, expect_tokenizer_hash=backend.tokenizer_hash)
+    if bundle is not None and task.name in bundle.tasks:
+        return load_table(bundle, task.name, backend.tokenizer_hash)
     return reference_table(backend, task, cfg.max_order)
 
 
@@ -108,11 +111,11 @@ def check_exact_batching(backend: LlamaCppBackend, k: int) -> None:
     for pos in positions:
         if not batch_invariant(backend, probe[:pos], probe[pos : pos + k]):
             raise TascError(
-                f"{backend.model_path.name}: llama.cpp's batched forward is not bit-identical to "
-                f"one-token forwards at position {pos} (KV cache {backend.kv_type}; F32/F16 weights "
-                "or an F16 KV cache take other kernels), so greedy speculative output could "
-                "differ from plain; use a quantized model (--quant q4_0) with the default q8_0 KV "
-                "cache, or pass --allow-inexact")
+                f"{backend.model_path.name}: the batched forward is not bit-identical to "
+                f"one-token forwards at position {pos} (KV cache {backend.kv_type}; for llama.cpp "
+                "F32/F16 weights or an F16 KV cache take other kernels), so greedy speculative "
+                "output could differ from plain; use a quantized model (--quant q4_0) with the "
+                "default q8_0 KV cache, or pass --allow-inexact")
 
 
 def run_task(cfg: RunConfig, log=print) -> RunSummary:
@@ -122,10 +125,10 @@ def run_task(cfg: RunConfig, log=print) -> RunSummary:
         raise TascError("--max-new-tokens must be at least 1")
     task = load_task(cfg.task)
     rows = task.test[: cfg.limit] if cfg.limit else task.test
-    model_path = resolve_model(cfg.model, cfg.quant)
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
-    with LlamaCppBackend(model_path, n_ctx=cfg.n_ctx, n_threads=cfg.threads) as backend:
-        table = task_table(backend, task, cfg) if cfg.method == "tasc-spec" else None
+    backend, model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle)
+    with backend:
+        table = task_table(backend, task, cfg, bundle) if cfg.method == "tasc-spec" else None
         drafter = make_drafter(cfg.method, table, NgramDraftConfig(max_order=cfg.max_order))
         if drafter is not None and sampling.greedy and not cfg.allow_inexact:
             check_exact_batching(backend, cfg.max_draft + 1)

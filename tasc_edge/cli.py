@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="run speculative greedy on a model whose batched forward is not "
                           "bit-identical to one-token forwards (output may differ from plain)")
     run.add_argument("--json", dest="json_path", help="write the run summary here")
+    run.add_argument("--bundle", help="an exported bundle (ONNX or GGUF): its model and task table")
     _add_model_args(run)
 
     bench = sub.add_parser("bench", help="methods side by side on shared datasets, one process")
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--limit", type=int, default=50)
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--tables", help="folder of <dataset>.npz tables (tasc-spec+gen)")
+    bench.add_argument("--bundle", help="an exported bundle: its model (ONNX or GGUF) and tables")
     bench.add_argument("--max-draft", type=int, default=12)
     bench.add_argument("--out", default="bench-out")
     bench.add_argument("--device", default="auto",
@@ -76,8 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--readme", help="replace the results section of this README.md")
     _add_model_args(bench)
 
-    exp = sub.add_parser("export", help="build task n-gram tables (workstation side)")
-    exp.add_argument("--task", required=True)
+    exp = sub.add_parser("export", help="write an artifact bundle: model, tokenizer, task tables, "
+                                        "manifest (workstation side)")
+    exp.add_argument("--task", required=True, help="a task (directory, .jsonl or demo); "
+                                                   "comma-separated for several tables")
+    exp.add_argument("--format", default="gguf", choices=["onnx", "gguf", "both", "tables"],
+                     help="bundle model format; `tables` writes one .npz table to --out only")
+    exp.add_argument("--onnx-quant", default="int4", choices=["fp32", "int8", "int4"],
+                     help="ONNX weight-only quantization (MatMulNBits)")
     exp.add_argument("--corpus", default="reference", choices=["reference", "generated", "both"],
                      help="outputs to count: the dataset's, the target's own greedy generations "
                           "on train prompts, or both")
@@ -85,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train prompts to generate for (--corpus generated/both)")
     exp.add_argument("--max-new-tokens", type=int, default=160)
     exp.add_argument("--max-order", type=int, default=4)
-    exp.add_argument("--out", required=True, help="output .npz")
+    exp.add_argument("--out", required=True, help="bundle folder (or the .npz for --format tables)")
     _add_model_args(exp)
     return ap
 
@@ -95,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("run", "export", "bench"):
+        needs_llama = (args.command in ("run", "bench") and not args.bundle) or (
+            args.command == "export" and args.format != "onnx")
+        if needs_llama:
             require("llama_cpp", "runtime")  # one line naming the extra, not a traceback
         if args.command == "run":
             return _run(args)
@@ -121,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed, model=args.model,
                     quant=args.quant, n_ctx=args.n_ctx, threads=args.threads, table=args.table,
-                    max_draft=args.max_draft, adaptive=not args.fixed_gamma,
+                    max_draft=args.max_draft, adaptive=not args.fixed_gamma, bundle=args.bundle,
                     compare=not args.no_compare, allow_inexact=args.allow_inexact)
     summary = run_task(cfg)
     print()
@@ -141,7 +151,7 @@ def _bench(args: argparse.Namespace) -> int:
     cfg = BenchConfig(datasets=[d for d in args.datasets.split(",") if d], data_root=args.data_root,
                       methods=[m for m in args.methods.split(",") if m], limit=args.limit,
                       max_new_tokens=args.max_new_tokens, model=args.model, quant=args.quant,
-                      n_ctx=args.n_ctx, threads=args.threads, tables=args.tables,
+                      n_ctx=args.n_ctx, threads=args.threads, tables=args.tables, bundle=args.bundle,
                       max_draft=args.max_draft, out=args.out, device=args.device,
                       repeats=args.repeats, sweep_rows=args.sweep_rows,
                       gamma_sweep=[int(g) for g in args.gamma_sweep.split(",") if g])
@@ -178,7 +188,16 @@ def _export(args: argparse.Namespace) -> int:
                              max_new_tokens=args.max_new_tokens, max_order=args.max_order,
                              out=args.out, model=args.model, quant=args.quant, n_ctx=args.n_ctx,
                              threads=args.threads)
-    export_tables(cfg)
+    if args.format == "tables":
+        export_tables(cfg)
+        return 0
+    from tasc_edge.export.bundle import ExportBundleConfig, export_bundle
+
+    bundle = ExportBundleConfig(tasks=[t for t in args.task.split(",") if t], out=args.out,
+                                model=args.model, format=args.format, onnx_quant=args.onnx_quant,
+                                gguf_quant=args.quant, tables=cfg)
+    for out in export_bundle(bundle):
+        print(f"bundle written: {out}")
     return 0
 
 

@@ -81,7 +81,7 @@ def test_prompt_longer_than_context(model, task, capsys):
 def test_table_from_another_tokenizer(model, task, tmp_path, capsys):
     other = write_tiny_gguf(tmp_path / "other.gguf", seed=5, extra_tokens=["▁other"])
     table = tmp_path / "t.npz"
-    code, _, err = run_cli(["export", "--model", str(other), "--task", str(task), "--out", str(table)], capsys)
+    code, _, err = run_cli(["export", "--format", "tables", "--model", str(other), "--task", str(task), "--out", str(table)], capsys)
     assert code == 0, err
     code, _, err = run_cli(["run", "--model", str(model), "--task", str(task), "--table", str(table)], capsys)
     assert code == 2 and "rebuild the table with this model" in err
@@ -89,7 +89,7 @@ def test_table_from_another_tokenizer(model, task, tmp_path, capsys):
 
 def test_export_generated_corpus_resumes(model, task, tmp_path, capsys):
     out = tmp_path / "gen.npz"
-    args = ["export", "--model", str(model), "--task", str(task), "--corpus", "generated",
+    args = ["export", "--format", "tables", "--model", str(model), "--task", str(task), "--corpus", "generated",
             "--max-new-tokens", "12", "--out", str(out)]
     assert run_cli(args, capsys)[0] == 0
     gen = tmp_path / "gen.npz.generated.jsonl"

@@ -1,0 +1,230 @@
+"""`tasc-edge export --format onnx|gguf|both`: one artifact bundle per format (see runtime/bundle.py).
+
+Steps, each resumable (its output is renamed into place only when complete, and a re-run skips
+what is already there):
+  1. the model: ONNX (optimum exporter from an HF checkpoint, or from a GGUF loaded into torch
+     with transformers' `gguf_file=`) or GGUF (the given GGUF, requantized with llama.cpp);
+  2. tokenizer files (ONNX; a GGUF carries its own);
+  3. one n-gram table per task, built with the bundle's own tokenizer, from reference outputs
+     and/or the bundle model's own generations (`--corpus`);
+  4. manifest.json, last. A re-run deletes the old manifest first, so an interrupted re-export
+     never leaves a bundle that looks complete.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from tasc_edge.errors import TascError, require
+from tasc_edge.export.tables import ExportTablesConfig, build_task_table
+from tasc_edge.runtime.bundle import FORMAT_VERSION, MANIFEST, MODEL_FILES, file_entry, write_manifest
+from tasc_edge.runtime.models import default_model, resolve_model
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json",
+                   "generation_config.json", "special_tokens_map.json")
+
+
+@dataclass
+class ExportBundleConfig:
+    tasks: list[str]
+    out: str
+    model: str | None = None  # HF checkpoint folder or .gguf; None = the packaged SmolLM2 GGUF
+    format: str = "gguf"  # onnx | gguf | both (both: <out>/onnx and <out>/gguf)
+    onnx_quant: str = "int4"  # fp32 | int8 | int4
+    gguf_quant: str = "q4_0"  # as-is | q4_0 | q4_1 | q8_0 | f16
+    tables: ExportTablesConfig = field(default_factory=lambda: ExportTablesConfig(task="", out=""))
+
+
+def export_bundle(cfg: ExportBundleConfig, log=print) -> list[Path]:
+    if cfg.format not in ("onnx", "gguf", "both"):
+        raise TascError(f"unknown --format {cfg.format!r}; choose onnx, gguf or both")
+    if not cfg.tasks:
+        raise TascError("export needs at least one --task")
+    formats = ["onnx", "gguf"] if cfg.format == "both" else [cfg.format]
+    root = Path(cfg.out)
+    outs = []
+    for fmt in formats:
+        out = root / fmt if cfg.format == "both" else root
+        _export_one(fmt, out, cfg, log)
+        outs.append(out)
+    return outs
+
+
+def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # incomplete until the very last step
+    work = out / ".work"
+    work.mkdir(exist_ok=True)
+    source = Path(cfg.model) if cfg.model else default_model()
+    if not source.exists():
+        raise TascError(f"model not found: {source}")
+    files: list[dict] = []
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    model_path = out / MODEL_FILES[fmt]
+    state = _read_state(work)
+    if fmt == "onnx":
+        quant = cfg.onnx_quant
+        if state.get("model") != _key(source, quant) or not model_path.is_file():
+            from tasc_edge.export.onnx import export_onnx
+
+            made = export_onnx(_hf_checkpoint(source, work, log), work, out, quant, log)
+            for name in TOKENIZER_FILES:
+                if (work / "onnx-fp32" / name).is_file():
+                    shutil.copyfile(work / "onnx-fp32" / name, work / name)
+                    os.replace(work / name, out / name)
+            _write_state(work, {**state, "model": _key(source, quant), "made_by": made.made_by})
+            state = _read_state(work)
+        files += [file_entry(out, out / n, "copied from the exporter's tokenizer")
+                  for n in TOKENIZER_FILES if (out / n).is_file()]
+    else:
+        quant = cfg.gguf_quant
+        if source.is_dir():
+            raise TascError(f"{source}: converting an HF checkpoint to GGUF needs llama.cpp's "
+                            "convert_hf_to_gguf.py; convert it there and pass the .gguf, or use "
+                            "--format onnx")
+        if state.get("model") != _key(source, quant) or not model_path.is_file():
+            log(f"writing {model_path.name} ({quant}) from {source.name}")
+            src = resolve_model(str(source), quant)
+            tmp = work / "model.gguf.tmp"
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, model_path)
+            made_by = f"llama.cpp llama_model_quantize to {quant}" if quant != "as-is" else "copied"
+            _write_state(work, {**state, "model": _key(source, quant), "made_by": made_by})
+            state = _read_state(work)
+    files.insert(0, file_entry(out, model_path, state["made_by"]))
+    timings["model_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    from tasc_edge.runtime.bundle import Bundle, open_backend
+
+    tables: dict[str, str] = {}
+    probe = Bundle(out, {"format": fmt, "tokenizer_hash": None})
+    backend = _open(probe, cfg)
+    try:
+        (out / "tables").mkdir(exist_ok=True)
+        for task in cfg.tasks:
+            name = Path(task).name.removesuffix(".jsonl") or "task"
+            final = out / "tables" / f"{name}.npz"
+            key = f"table:{name}"
+            if state.get(key) != _table_key(task, cfg) or not final.is_file():
+                log(f"building the {name} table ({cfg.tables.corpus} corpus)")
+                tcfg = replace(cfg.tables, task=task, out=str(work / f"{name}.npz"))
+                build_task_table(backend, tcfg, work / f"{name}.npz", log)
+                os.replace(work / f"{name}.npz", final)
+                state = {**_read_state(work), key: _table_key(task, cfg)}
+                _write_state(work, state)
+            tables[name] = f"tables/{name}.npz"
+            files.append(file_entry(out, final, f"n-gram table, {cfg.tables.corpus} corpus of {task}"))
+        tokenizer_hash = backend.tokenizer_hash
+    finally:
+        backend.close()
+    timings["tables_s"] = time.perf_counter() - t
+
+    manifest = {
+        "format_version": FORMAT_VERSION, "format": fmt, "tokenizer_hash": tokenizer_hash,
+        "files": files, "tables": tables,
+        "model": {"file": model_path.name, "bytes": model_path.stat().st_size, "quant": quant,
+                  "architecture": _architecture(out, fmt, model_path), "source": str(source),
+                  "source_sha256": _source_hash(source)},
+        "export": {"config": asdict(cfg), "seconds": {**timings, "total_s": time.perf_counter() - start},
+                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "packages": _versions(),
+    }
+    write_manifest(out, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"bundle {out} complete: {model_path.name} {model_path.stat().st_size / 1e6:.1f} MB, "
+        f"{len(tables)} table(s), {time.perf_counter() - start:.0f} s")
+
+
+def _open(bundle, cfg: ExportBundleConfig):
+    if bundle.format == "onnx":
+        from tasc_edge.runtime.onnx_backend import OnnxBackend
+
+        return OnnxBackend(bundle.model_path, n_ctx=cfg.tables.n_ctx, n_threads=cfg.tables.threads)
+    from tasc_edge.runtime.llama_backend import LlamaCppBackend
+
+    return LlamaCppBackend(bundle.model_path, n_ctx=cfg.tables.n_ctx, n_threads=cfg.tables.threads)
+
+
+def _hf_checkpoint(source: Path, work: Path, log) -> Path:
+    """An HF folder for the ONNX exporter: the source itself, or a GGUF dequantized into torch."""
+    if source.is_dir():
+        if not (source / "config.json").is_file():
+            raise TascError(f"{source}: no config.json; pass an HF checkpoint folder or a .gguf")
+        return source
+    staged = work / "hf"
+    if (staged / ".complete").is_file():
+        return staged
+    torch = require("torch", "export")
+    transformers = require("transformers", "export")
+    log(f"loading {source.name} into torch (transformers gguf_file=, dequantized to fp32)")
+    shutil.rmtree(staged, ignore_errors=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(source.parent), gguf_file=source.name, dtype=torch.float32)
+    tok = transformers.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    model.save_pretrained(staged)
+    tok.save_pretrained(staged)
+    (staged / ".complete").write_text("ok\n")
+    return staged
+
+
+def _architecture(out: Path, fmt: str, model_path: Path) -> str:
+    if fmt == "onnx":
+        cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+        return ",".join(cfg.get("architectures", [])) or cfg.get("model_type", "unknown")
+    try:
+        import gguf
+
+        field_ = gguf.GGUFReader(str(model_path)).get_field("general.architecture")
+        return bytes(field_.parts[-1]).decode() if field_ else "unknown"
+    except ImportError:
+        return "unknown"
+
+
+def _key(source: Path, quant: str) -> str:
+    return f"{source.resolve()}|{quant}|{_source_hash(source)}"
+
+
+def _table_key(task: str, cfg: ExportBundleConfig) -> str:
+    t = cfg.tables
+    return f"{Path(task).resolve()}|{t.corpus}|{t.train_limit}|{t.max_order}|{t.max_new_tokens}"
+
+
+def _source_hash(source: Path) -> str:
+    from tasc_edge.files import sha256_file
+
+    if source.is_file():
+        return sha256_file(source)
+    weights = sorted(source.glob("*.safetensors")) or sorted(source.glob("*.bin"))
+    return ",".join(f"{w.name}:{w.stat().st_size}" for w in weights)  # size-keyed: hashing GBs is slow
+
+
+def _read_state(work: Path) -> dict:
+    path = work / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_state(work: Path, state: dict) -> None:
+    from tasc_edge.files import atomic_write_text
+
+    atomic_write_text(work / "state.json", json.dumps(state, indent=1))
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("tasc-edge", "numpy", "onnx", "onnxruntime", "optimum-onnx", "transformers", "torch",
+                "llama-cpp-python", "gguf"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,173 @@
+"""onnxruntime target backend: a decoder exported with its KV cache (optimum's
+`text-generation-with-past`: inputs input_ids, attention_mask, position_ids, past_key_values.*;
+outputs logits, present.*).
+
+The past is kept as numpy arrays [1, kv_heads, length, head_dim] per layer; rollback slices
+the length axis (free), a forward over k tokens returns the grown `present` arrays.
+
+Exactness. ONNX Runtime's CPU MatMul (MLAS) computes a one-row product on a GEMV path and
+anything from two rows up on the GEMM path; the two differ in the last bits (measured here on
+SmolLM2 fp32 / int8 / int4: one-row logits differ from batched rows by 4e-5 to 0.7, while
+splits into 2..12-row forwards are bit-identical). So this backend never runs a one-row
+forward: a single token is padded with a throwaway second row, whose logits are dropped and
+whose KV entry is trimmed. Plain decoding pays for that pad; `min_rows=1` turns it off (and
+with it exactness), which the bench runs as the unpadded plain baseline so the padded one is
+never the only yardstick. `check_exact_batching` verifies invariance at load time.
+
+Threads: `session.intra_op.allow_spinning=0` by default: on a 2-core device that shares its
+cores (the OS, the app), spinning workers halved step time under load here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tasc_edge.errors import TascError, require
+from tasc_edge.runtime.hf_tokenizer import HFTokenizer
+
+
+class OnnxBackend:
+    """Backend protocol (prefill / forward / rollback) plus tokenizer and chat template."""
+
+    def __init__(self, model_path: str | Path, n_ctx: int | None = None, n_threads: int | None = None,
+                 min_rows: int = 2, spinning: bool = False, reuse_prefix: bool = True,
+                 n_batch: int = 512) -> None:
+        ort = require("onnxruntime", "runtime")
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise TascError(f"model file not found: {model_path}")
+        folder = model_path.parent
+        so = ort.SessionOptions()
+        self.n_threads = n_threads or _physical_cores()
+        so.intra_op_num_threads = self.n_threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        self.session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self._layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
+        if "input_ids" not in inputs or not self._layers:
+            raise TascError(f"{model_path}: not a decoder exported with past key values "
+                            "(export with task text-generation-with-past)")
+        kv = inputs["past_key_values.0.key"]
+        self._kv_heads, self._head_dim = int(kv.shape[1]), int(kv.shape[3])
+        self._kv_dtype = np.float16 if "float16" in kv.type else np.float32
+        self._position_ids = "position_ids" in inputs
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+        self.n_ctx = int(n_ctx or config.get("max_position_embeddings") or 4096)
+        self.model_path = model_path
+        self.min_rows, self.reuse_prefix, self.n_batch = min_rows, reuse_prefix, n_batch
+        self.kv_type = "onnx"
+        self.tokenizer = HFTokenizer(folder)
+        self.stop_tokens = self.tokenizer.stop_tokens
+        self.tokenizer_hash = self.tokenizer.tokenizer_hash
+        self.n_vocab = int(self.session.get_outputs()[0].shape[-1]) if isinstance(
+            self.session.get_outputs()[0].shape[-1], int) else self.tokenizer.n_vocab
+        self.n_past = 0
+        self.reused_tokens = 0
+        self._cached: list[int] = []
+        self._past = self._empty_past()
+
+    def close(self) -> None:
+        self.session = None
+
+    def __enter__(self) -> "OnnxBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- backend protocol --------------------------------------------------------------------
+    def prefill(self, tokens: Sequence[int]) -> None:
+        keep = 0
+        if self.reuse_prefix:
+            for a, b in zip(self._cached, tokens):
+                if a != b:
+                    break
+                keep += 1
+        self._trim(keep)
+        self.reused_tokens = keep
+        for i in range(keep, len(tokens), self.n_batch):
+            self._run(list(tokens[i : i + self.n_batch]))
+
+    def forward(self, tokens: Sequence[int]) -> np.ndarray:
+        if not tokens:
+            raise ValueError("forward needs at least one token")
+        return self._run(list(tokens))
+
+    def rollback(self, n: int) -> None:
+        if n > 0:
+            self._trim(self.n_past - n)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _run(self, tokens: list[int]) -> np.ndarray:
+        n = len(tokens)
+        pad = max(0, self.min_rows - n)  # rows after the real ones: never seen by them (causal)
+        if self.n_past + n + pad > self.n_ctx:
+            raise TascError(f"context full: {self.n_past} + {n} tokens > n_ctx {self.n_ctx}")
+        ids = tokens + [tokens[-1]] * pad
+        total = self.n_past + len(ids)
+        feed = {"input_ids": np.asarray([ids], dtype=np.int64),
+                "attention_mask": np.ones((1, total), dtype=np.int64)}
+        if self._position_ids:
+            feed["position_ids"] = np.arange(self.n_past, total, dtype=np.int64)[None]
+        for layer, (k, v) in enumerate(self._past):
+            feed[f"past_key_values.{layer}.key"] = k
+            feed[f"past_key_values.{layer}.value"] = v
+        out = self.session.run(self._outputs, feed)
+        self._past = [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(self._layers)]
+        self.n_past = total
+        self._cached.extend(ids)
+        if pad:
+            self._trim(total - pad)
+        return out[0][0, :n]
+
+    def _trim(self, length: int) -> None:
+        if length == 0:
+            self._past = self._empty_past()
+        elif length < self.n_past:
+            # a contiguous copy: onnxruntime would copy a strided view anyway
+            self._past = [(np.ascontiguousarray(k[:, :, :length]), np.ascontiguousarray(v[:, :, :length]))
+                          for k, v in self._past]
+        self.n_past = length
+        del self._cached[length:]
+
+    def _empty_past(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        z = np.zeros((1, self._kv_heads, 0, self._head_dim), dtype=self._kv_dtype)
+        return [(z, z) for _ in range(self._layers)]
+
+    # -- tokenizer and chat template ---------------------------------------------------------
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        return self.tokenizer.tokenize(text)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.detokenize(tokens)
+
+    def chat_prompt(self, user_message: str) -> list[int]:
+        return self.tokenizer.render([{"role": "user", "content": user_message}], add_generation_prompt=True)
+
+    def end_of_turn(self) -> int:
+        """The first end-of-generation token after the assistant's text in a rendered exchange."""
+        ids = self.tokenizer.render([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                    add_generation_prompt=False)
+        prefix = len(self.chat_prompt("a"))
+        for t in ids[prefix:]:
+            if t in self.stop_tokens:
+                return t
+        if not self.stop_tokens:
+            raise TascError("the tokenizer has no end-of-generation token (eos_token_id)")
+        return min(self.stop_tokens)
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1

@@ -1,0 +1,167 @@
+"""Export -> bundle -> run on a tiny random HF Llama (seconds): the ONNX backend is exact, its
+logits match torch, and bad bundles are refused with one clear line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("optimum.exporters.onnx")
+torch = pytest.importorskip("torch")
+
+from tasc_edge.decode import GenerateConfig, batch_invariant, generate  # noqa: E402
+from tasc_edge.drafters import NgramDrafter  # noqa: E402
+from tasc_edge.errors import TascError  # noqa: E402
+from tasc_edge.export.bundle import ExportBundleConfig, export_bundle  # noqa: E402
+from tasc_edge.export.tables import ExportTablesConfig  # noqa: E402
+from tasc_edge.runtime.bundle import load_bundle, load_table, open_backend  # noqa: E402
+from tasc_edge.tasks import load_task  # noqa: E402
+from test_decode_llama import OracleDrafter  # noqa: E402
+from tiny_hf import write_tiny_hf  # noqa: E402
+
+
+def export_cfg(hf: Path, out: Path, quant: str, **kw) -> ExportBundleConfig:
+    tables = ExportTablesConfig(task="", out="", corpus="reference", n_ctx=1024, **kw)
+    return ExportBundleConfig(tasks=["demo"], out=str(out), model=str(hf), format="onnx",
+                              onnx_quant=quant, tables=tables)
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+    task = load_task("demo")
+    return write_tiny_hf(tmp_path_factory.mktemp("hf") / "tiny",
+                         [r.prompt + " " + r.output for r in task.train])
+
+
+@pytest.fixture(scope="module")
+def bundles(hf, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for quant in ("fp32", "int4"):
+        export_bundle(export_cfg(hf, root / quant, quant), log=lambda *_: None)
+        out[quant] = root / quant
+    return out
+
+
+def prompts(backend, n=8):
+    return [backend.chat_prompt(r.prompt) for r in load_task("demo").test[:n]]
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int4"])
+def test_onnx_greedy_spec_equals_plain(bundles, quant):
+    bundle = load_bundle(bundles[quant])
+    with open_backend(bundle, n_ctx=1024, n_threads=2) as b:
+        assert batch_invariant(b, prompts(b, 1)[0][:20], prompts(b, 1)[0][20:26])
+        cfg = GenerateConfig(max_new_tokens=40, max_draft=12, stop_tokens=b.stop_tokens)
+        table = load_table(bundle, "demo", b.tokenizer_hash)
+        accepted = 0
+        for i, p in enumerate(prompts(b)):
+            ref = generate(b, p, None, cfg).tokens
+            assert len(ref) > 4
+            for err, length in ((0.0, 8), (0.4, 5), (1.0, 3)):
+                got = generate(b, p, OracleDrafter(ref, err, length, b.n_vocab, seed=i), cfg)
+                assert got.tokens == ref
+            got = generate(b, p, NgramDrafter(table), cfg)
+            assert got.tokens == ref
+            accepted += got.stats.accepted
+        assert accepted > 0
+
+
+def test_onnx_logits_match_torch(hf, bundles):
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    with open_backend(load_bundle(bundles["fp32"]), n_ctx=1024, n_threads=2) as b:
+        p = prompts(b, 1)[0]
+        b.prefill(p[:-4])
+        got = b.forward(p[-4:])
+        one = b.forward([p[-1]])  # a padded one-token forward: its row, not the pad's
+    with torch.no_grad():
+        want = model(torch.tensor([p + [p[-1]]])).logits[0].numpy()
+    assert np.abs(got - want[-5:-1]).max() < 1e-3
+    assert np.abs(one[0] - want[-1]).max() < 1e-3
+
+
+def test_unpadded_one_row_forward_is_what_padding_avoids(bundles):
+    """min_rows=1 sends one-token forwards down another kernel; the padded backend must not."""
+    bundle = load_bundle(bundles["int4"])
+    with open_backend(bundle, n_ctx=1024, n_threads=2) as b:
+        p = prompts(b, 1)[0]
+        b.prefill(p[:-3])
+        rows = b.forward(p[-3:])
+        b.rollback(3)
+        singles = np.concatenate([b.forward([t]) for t in p[-3:]])
+        assert np.array_equal(rows, singles)
+        b.min_rows = 1
+        b.rollback(3)
+        unpadded = np.concatenate([b.forward([t]) for t in p[-3:]])
+        # same model, another summation order: close, but not the same bits
+        assert 0 < np.abs(unpadded - rows).max() < 0.5
+
+
+def test_corrupted_file_is_refused(bundles, tmp_path):
+    b = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    data = bytearray((b / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (b / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(TascError, match="model.onnx fails its sha256 check"):
+        load_bundle(b)
+
+
+def test_truncated_bundle_is_refused(bundles, tmp_path):
+    b = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    (b / "tables" / "demo.npz").write_bytes((b / "tables" / "demo.npz").read_bytes()[:100])
+    with pytest.raises(TascError, match="tables/demo.npz is 100 bytes"):
+        load_bundle(b)
+    (b / "tables" / "demo.npz").unlink()
+    with pytest.raises(TascError, match="missing"):
+        load_bundle(b)
+
+
+def test_wrong_tokenizer_hash_is_refused(bundles, tmp_path):
+    b = shutil.copytree(bundles["fp32"], tmp_path / "b")
+    manifest = json.loads((b / "manifest.json").read_text())
+    manifest["tokenizer_hash"] = "0" * 64
+    (b / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TascError, match="tokenizer hash"):
+        open_backend(load_bundle(b), n_ctx=1024)
+
+
+def test_interrupted_export_resumes_and_never_looks_complete(hf, tmp_path, monkeypatch):
+    import tasc_edge.export.bundle as exp
+
+    out = tmp_path / "b"
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exp, "build_task_table", boom)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(export_cfg(hf, out, "int4"), log=lambda *_: None)
+    assert (out / "model.onnx").is_file() and not (out / "manifest.json").exists()
+    with pytest.raises(TascError, match="not a complete bundle"):
+        load_bundle(out)
+    monkeypatch.undo()
+    logs: list[str] = []
+    export_bundle(export_cfg(hf, out, "int4"), log=logs.append)
+    assert not any("exporting" in line for line in logs)  # the model step was not redone
+    bundle = load_bundle(out)
+    assert bundle.tasks == ["demo"] and not (out / ".work").exists()
+    # a finished bundle re-exported with another quantization is rebuilt, not mixed
+    export_bundle(replace(export_cfg(hf, out, "fp32")), log=lambda *_: None)
+    assert load_bundle(out).manifest["model"]["quant"] == "fp32"
+
+
+def test_cli_run_on_a_bundle(bundles, capsys):
+    from tasc_edge.cli import main
+
+    code = main(["run", "--bundle", str(bundles["int4"]), "--task", "demo", "--limit", "3",
+                 "--max-new-tokens", "24", "--n-ctx", "1024"])
+    out = capsys.readouterr().out
+    assert code == 0 and "3/3" in out
