@@ -24,7 +24,7 @@ from pathlib import Path
 from tasc_edge.errors import TascError, require
 from tasc_edge.export.tables import ExportTablesConfig, build_task_table
 from tasc_edge.runtime.bundle import FORMAT_VERSION, MANIFEST, MODEL_FILES, file_entry, write_manifest
-from tasc_edge.runtime.models import default_model, resolve_model
+from tasc_edge.runtime.models import default_model
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json",
                    "generation_config.json", "special_tokens_map.json")
@@ -87,24 +87,17 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
                   for n in TOKENIZER_FILES if (out / n).is_file()]
     else:
         quant = cfg.gguf_quant
-        if source.is_dir():
-            raise TascError(f"{source}: converting an HF checkpoint to GGUF needs llama.cpp's "
-                            "convert_hf_to_gguf.py; convert it there and pass the .gguf, or use "
-                            "--format onnx")
         if state.get("model") != _key(source, quant) or not model_path.is_file():
-            log(f"writing {model_path.name} ({quant}) from {source.name}")
-            src = resolve_model(str(source), quant)
-            tmp = work / "model.gguf.tmp"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, model_path)
-            made_by = f"llama.cpp llama_model_quantize to {quant}" if quant != "as-is" else "copied"
-            _write_state(work, {**state, "model": _key(source, quant), "made_by": made_by})
+            from tasc_edge.export.gguf import export_gguf
+
+            made = export_gguf(source, work, out, quant, log)
+            _write_state(work, {**state, "model": _key(source, quant), "made_by": made.made_by})
             state = _read_state(work)
     files.insert(0, file_entry(out, model_path, state["made_by"]))
     timings["model_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    from tasc_edge.runtime.bundle import Bundle, open_backend
+    from tasc_edge.runtime.bundle import Bundle
 
     tables: dict[str, str] = {}
     probe = Bundle(out, {"format": fmt, "tokenizer_hash": None})

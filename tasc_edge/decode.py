@@ -145,6 +145,9 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
         if drafter is not None:
             draft = drafter.draft(min(cfg.max_draft, limit - len(out) - 1))
             d = best_draft_length(draft.confidence, cost) if cost is not None else len(draft.tokens)
+            # a backend that computes at least `min_rows` rows per forward anyway (ONNX pads
+            # one-token forwards to stay bit-exact) verifies that many drafts for free
+            d = max(d, min(len(draft.tokens), getattr(backend, "min_rows", 1) - 1))
             draft = draft.truncate(d)
         t1 = time.perf_counter()
         logits = backend.forward([pending, *draft.tokens])
