@@ -133,7 +133,10 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
         "packages": _versions(),
     }
     write_manifest(out, manifest)
-    shutil.rmtree(work, ignore_errors=True)
+    # the staged checkpoint and fp32 export are large and no longer needed; the step state
+    # and generated corpora are small and let a later export with other tables skip the model
+    for staged in ("hf", "onnx-fp32"):
+        shutil.rmtree(work / staged, ignore_errors=True)
     log(f"bundle {out} complete: {model_path.name} {model_path.stat().st_size / 1e6:.1f} MB, "
         f"{len(tables)} table(s), {time.perf_counter() - start:.0f} s")
 

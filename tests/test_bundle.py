@@ -152,7 +152,7 @@ def test_interrupted_export_resumes_and_never_looks_complete(hf, tmp_path, monke
     export_bundle(export_cfg(hf, out, "int4"), log=logs.append)
     assert not any("exporting" in line for line in logs)  # the model step was not redone
     bundle = load_bundle(out)
-    assert bundle.tasks == ["demo"] and not (out / ".work").exists()
+    assert bundle.tasks == ["demo"] and not (out / ".work" / "onnx-fp32").exists()
     # a finished bundle re-exported with another quantization is rebuilt, not mixed
     export_bundle(replace(export_cfg(hf, out, "fp32")), log=lambda *_: None)
     assert load_bundle(out).manifest["model"]["quant"] == "fp32"
@@ -165,3 +165,25 @@ def test_cli_run_on_a_bundle(bundles, capsys):
                  "--max-new-tokens", "24", "--n-ctx", "1024"])
     out = capsys.readouterr().out
     assert code == 0 and "3/3" in out
+
+
+def test_bench_on_an_onnx_bundle(bundles, tmp_path):
+    from importlib import resources
+
+    from tasc_edge.runtime.bench import BenchConfig, run_bench
+
+    demo = tmp_path / "data" / "demo"
+    demo.mkdir(parents=True)
+    for split in ("train", "test"):
+        (demo / f"{split}.jsonl").write_text(
+            resources.files("tasc_edge").joinpath(f"data/demo/{split}.jsonl").read_text())
+    cfg = BenchConfig(datasets=["demo"], data_root=str(tmp_path / "data"), limit=3, max_new_tokens=24,
+                      methods=["plain", "plain-unpadded", "tasc-spec+gen"], n_ctx=1024, threads=2,
+                      bundle=str(bundles["int4"]), out=str(tmp_path / "out"))
+    report = run_bench(cfg, log=lambda *_: None)
+    by = {r["method"]: r for r in report["results"]}
+    assert report["backend"] == "onnxruntime"
+    assert by["tasc-spec+gen"]["identical_rows"] == 3 and by["tasc-spec+gen"]["acceptance"] > 0
+    assert by["plain-unpadded"]["baseline"] == "plain-unpadded"
+    with pytest.raises(TascError, match="GGUF models"):
+        run_bench(replace(cfg, methods=["plain", "llama-pld"]), log=lambda *_: None)
