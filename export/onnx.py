@@ -50,9 +50,9 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
                     device="cpu")
         (raw / ".complete").write_text("ok\n")
     model = onnx.load(str(raw / "model.onnx"))
-    untie_lm_head(model)
     bits = ONNX_QUANTS[quant]
-    if bits is not None:
+    if bits is not None:  # fp32 keeps the tied head: untying would only add a 2nd copy
+        untie_lm_head(model)
         log(f"quantizing weights to {quant} (MatMulNBits, block 32, accuracy level 4)")
         model = quantize_weights(model, bits)
     onnx.checker.check_model(model)
