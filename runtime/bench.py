@@ -160,6 +160,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         gen_cfg = GenerateConfig(cfg.max_new_tokens, cfg.max_draft, stop_tokens=backend.stop_tokens)
         table_bytes: dict[str, dict[str, int]] = {}
         started, done_rows = time.perf_counter(), 0
+        restore = _interrupt_on_signals()
         total_rows = cfg.limit * len(cfg.datasets)
         try:
             for name in cfg.datasets:
@@ -187,6 +188,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                                 tries[m].append(_one_run(m, name, row, prompt, backend, drafters,
                                                          peers, gen_cfg, curve, cfg))
                     runs.extend(_median_run(tries[m]) for m in order)
+                    if i == len(rows) - 1:  # a checkpoint per dataset: even kill -9 keeps those
+                        _finish(report, runs, cfg, curve, memory, table_bytes, final=False)
                     done_rows += 1
                     rate = done_rows / (time.perf_counter() - started)
                     log(f"{name} [{i + 1}/{len(rows)}] {done_rows}/{total_rows} rows, ETA "
@@ -201,6 +204,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             _finish(report, runs, cfg, curve, memory, table_bytes)
             raise
         finally:
+            restore()
             for peer in peers.values():
                 peer.close()
             memory.stop()
@@ -214,13 +218,29 @@ def _median_run(tries: list[RowRun]) -> RowRun:
     return ok[(len(ok) - 1) // 2] if ok else tries[0]
 
 
+def _interrupt_on_signals():
+    """Ctrl-C, and SIGTERM or SIGINT for a bench started in the background (where shells
+    ignore SIGINT), raise KeyboardInterrupt so the finished rows are written."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
 def _finish(report: dict, runs: list[RowRun], cfg: BenchConfig, curve: CostCurve,
-            memory: RssSampler, table_bytes: dict) -> None:
+            memory: RssSampler, table_bytes: dict, final: bool = True) -> None:
     report["memory_mb"]["peak_by_method"] = {m: v / 1e6 for m, v in memory.peak.items()}
     report["table_bytes"] = table_bytes
     report["results"] = summarise(runs, cfg.methods + [sweep_method(g) for g in cfg.gamma_sweep],
                                   curve, report["memory_mb"]["peak_by_method"])
-    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report["finished" if final else "checkpoint"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if final:
+        report.pop("partial", None)
+    else:
+        report["partial"] = True  # what a killed run leaves: the datasets finished so far
     write_report(report, runs, Path(cfg.out))
 
 
@@ -388,6 +408,8 @@ def markdown(report: dict) -> str:
             f"{f(r['speedup_predicted'], '.2f')} | {f(r['acceptance'], '.2f')} | {r['tokens_per_s']:.1f} | "
             f"{r['exact_match']:.2f} | {r['chrf']:.1f} | {f(r.get('peak_rss_mb'), '.0f')} "
             f"({f(r.get('rss_delta_mb'), '+.1f')}) |")
+    if report.get("partial"):
+        lines += ["", "**Partial**: a checkpoint written after each dataset; the run did not finish."]
     if report.get("interrupted"):
         lines += ["", "**Interrupted**: only the rows that finished are counted."]
     return "\n".join(lines) + "\n"

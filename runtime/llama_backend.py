@@ -34,6 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tasc_edge.decode import common_prefix_length
 from tasc_edge.errors import TascError, require
 
 KV_TYPES = {"f16": 1, "q8_0": 8}  # enum ggml_type
@@ -97,12 +98,7 @@ class LlamaCppBackend:
 
     # -- backend protocol --------------------------------------------------------------------
     def prefill(self, tokens: Sequence[int]) -> None:
-        keep = 0
-        if self.reuse_prefix:
-            for a, b in zip(self._cached, tokens):
-                if a != b:
-                    break
-                keep += 1
+        keep = common_prefix_length(self._cached, tokens) if self.reuse_prefix else 0
         self._lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
         self.n_past, self.reused_tokens = keep, keep
         del self._cached[keep:]

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tasc_edge.decode import common_prefix_length
 from tasc_edge.errors import TascError, require
 from tasc_edge.runtime.hf_tokenizer import HFTokenizer
 
@@ -84,12 +85,7 @@ class OnnxBackend:
 
     # -- backend protocol --------------------------------------------------------------------
     def prefill(self, tokens: Sequence[int]) -> None:
-        keep = 0
-        if self.reuse_prefix:
-            for a, b in zip(self._cached, tokens):
-                if a != b:
-                    break
-                keep += 1
+        keep = common_prefix_length(self._cached, tokens) if self.reuse_prefix else 0
         self._trim(keep)
         self.reused_tokens = keep
         for i in range(keep, len(tokens), self.n_batch):

@@ -161,8 +161,9 @@ def write_plots(report: dict, out: Path) -> list[Path]:
             color = f"C{i}"
             ax_tau.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color, label=d)
             ax_speed.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", color=color, label=d)
-            adaptive = next((r for r in results if r["dataset"] == d and r["method"] in
-                             ("tasc-spec+gen", "tasc-spec")), None)
+            # the sweep drafts from the exported table when there is one: compare like with like
+            adaptive = next((r for m in ("tasc-spec+gen", "tasc-spec") for r in results
+                             if r["dataset"] == d and r["method"] == m), None)
             if adaptive is not None:
                 ax_speed.axhline(adaptive["speedup_median"], color=color, linestyle="--", linewidth=0.8)
         ax_tau.set_xlabel("fixed draft length gamma")

@@ -116,6 +116,16 @@ class Generation:
     stats: DecodeStats
 
 
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Tokens two sequences share from the start: what a backend's KV cache can keep."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = None,
              config: GenerateConfig | None = None, cost: CostCurve | None = None,
              rng: np.random.Generator | None = None) -> Generation:

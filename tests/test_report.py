@@ -158,6 +158,20 @@ def test_interrupted_bench_leaves_a_valid_partial_report(model, data_root, tmp_p
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_sigterm_leaves_a_valid_partial_report(model, data_root, tmp_path):
+    import os
+    import signal
+
+    def log(line):
+        if "[1/3]" in line:  # `kill <pid>` of a bench running in the background
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    bench.run_bench(bench_cfg(model, data_root, tmp_path), log=log)
+    loaded = report_mod.load_report(tmp_path / "bench.json")
+    assert loaded["interrupted"] is True and {r["rows"] for r in loaded["results"]} == {1}
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler restored
+
+
 def test_report_refuses_other_schema(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({"schema": "other/9"}))
     with pytest.raises(TascError, match="schema"):
