@@ -22,12 +22,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tasc_edge.errors import TascError, require
+from tasc_edge.export.onnx import TOKENIZER_FILES  # a constant: onnx itself is imported lazily
 from tasc_edge.export.tables import ExportTablesConfig, build_task_table
-from tasc_edge.runtime.bundle import FORMAT_VERSION, MANIFEST, MODEL_FILES, file_entry, write_manifest
+from tasc_edge.runtime.bundle import (FORMAT_VERSION, MANIFEST, MODEL_FILES, file_entry, open_model,
+                                      write_manifest)
 from tasc_edge.runtime.models import default_model
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json",
-                   "generation_config.json", "special_tokens_map.json")
 
 
 @dataclass
@@ -70,38 +69,30 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
 
     t = time.perf_counter()
     model_path = out / MODEL_FILES[fmt]
+    quant = cfg.onnx_quant if fmt == "onnx" else cfg.gguf_quant
+    source_hash = _source_hash(source)
+    model_key = f"{source.resolve()}|{quant}|{source_hash}"
     state = _read_state(work)
-    if fmt == "onnx":
-        quant = cfg.onnx_quant
-        if state.get("model") != _key(source, quant) or not model_path.is_file():
+    if state.get("model") != model_key or not model_path.is_file():
+        if fmt == "onnx":
             from tasc_edge.export.onnx import export_onnx
 
             made = export_onnx(_hf_checkpoint(source, work, log), work, out, quant, log)
-            for name in TOKENIZER_FILES:
-                if (work / "onnx-fp32" / name).is_file():
-                    shutil.copyfile(work / "onnx-fp32" / name, work / name)
-                    os.replace(work / name, out / name)
-            _write_state(work, {**state, "model": _key(source, quant), "made_by": made.made_by})
-            state = _read_state(work)
-        files += [file_entry(out, out / n, "copied from the exporter's tokenizer")
-                  for n in TOKENIZER_FILES if (out / n).is_file()]
-    else:
-        quant = cfg.gguf_quant
-        if state.get("model") != _key(source, quant) or not model_path.is_file():
+        else:
             from tasc_edge.export.gguf import export_gguf
 
             made = export_gguf(source, work, out, quant, log)
-            _write_state(work, {**state, "model": _key(source, quant), "made_by": made.made_by})
-            state = _read_state(work)
-    files.insert(0, file_entry(out, model_path, state["made_by"]))
+        state = {**state, "model": model_key, "made_by": made.made_by}
+        _write_state(work, state)
+    files.append(file_entry(out, model_path, state["made_by"]))
+    if fmt == "onnx":
+        files += [file_entry(out, out / n, "copied from the exporter's tokenizer")
+                  for n in TOKENIZER_FILES if (out / n).is_file()]
     timings["model_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    from tasc_edge.runtime.bundle import Bundle
-
     tables: dict[str, str] = {}
-    probe = Bundle(out, {"format": fmt, "tokenizer_hash": None})
-    backend = _open(probe, cfg)
+    backend = open_model(fmt, model_path, cfg.tables.n_ctx, cfg.tables.threads)
     try:
         (out / "tables").mkdir(exist_ok=True)
         for task in cfg.tasks:
@@ -113,7 +104,7 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
                 tcfg = replace(cfg.tables, task=task, out=str(work / f"{name}.npz"))
                 build_task_table(backend, tcfg, work / f"{name}.npz", log)
                 os.replace(work / f"{name}.npz", final)
-                state = {**_read_state(work), key: _table_key(task, cfg)}
+                state = {**state, key: _table_key(task, cfg)}
                 _write_state(work, state)
             tables[name] = f"tables/{name}.npz"
             files.append(file_entry(out, final, f"n-gram table, {cfg.tables.corpus} corpus of {task}"))
@@ -127,7 +118,7 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
         "files": files, "tables": tables,
         "model": {"file": model_path.name, "bytes": model_path.stat().st_size, "quant": quant,
                   "architecture": _architecture(out, fmt, model_path), "source": str(source),
-                  "source_sha256": _source_hash(source)},
+                  "source_sha256": source_hash},
         "export": {"config": asdict(cfg), "seconds": {**timings, "total_s": time.perf_counter() - start},
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "packages": _versions(),
@@ -139,16 +130,6 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
         shutil.rmtree(work / staged, ignore_errors=True)
     log(f"bundle {out} complete: {model_path.name} {model_path.stat().st_size / 1e6:.1f} MB, "
         f"{len(tables)} table(s), {time.perf_counter() - start:.0f} s")
-
-
-def _open(bundle, cfg: ExportBundleConfig):
-    if bundle.format == "onnx":
-        from tasc_edge.runtime.onnx_backend import OnnxBackend
-
-        return OnnxBackend(bundle.model_path, n_ctx=cfg.tables.n_ctx, n_threads=cfg.tables.threads)
-    from tasc_edge.runtime.llama_backend import LlamaCppBackend
-
-    return LlamaCppBackend(bundle.model_path, n_ctx=cfg.tables.n_ctx, n_threads=cfg.tables.threads)
 
 
 def _hf_checkpoint(source: Path, work: Path, log) -> Path:
@@ -184,10 +165,6 @@ def _architecture(out: Path, fmt: str, model_path: Path) -> str:
         return bytes(field_.parts[-1]).decode() if field_ else "unknown"
     except ImportError:
         return "unknown"
-
-
-def _key(source: Path, quant: str) -> str:
-    return f"{source.resolve()}|{quant}|{_source_hash(source)}"
 
 
 def _table_key(task: str, cfg: ExportBundleConfig) -> str:

@@ -1,8 +1,8 @@
 """ONNX export: optimum's `text-generation-with-past` exporter, head untied, weight-only quantized.
 
 Contract shared with export/gguf.py: `export_<format>(source, work, out, quant, log) -> ModelFile`
-writes the model into `out` (atomically: built under `work`, renamed into place) and says how
-it was made.
+writes the model (and, for ONNX, its tokenizer files) into `out` (atomically: built under
+`work`, renamed into place) and says how it was made.
 
 Quantization is weight-only MatMulNBits (onnxruntime.quantization), not `quantize_dynamic`:
 dynamic quantization scales activations per *tensor*, so a k-token verify forward quantizes
@@ -24,6 +24,9 @@ from pathlib import Path
 from tasc_edge.errors import TascError, require
 
 ONNX_QUANTS = {"fp32": None, "int8": 8, "int4": 4}
+# what the device needs next to model.onnx (a GGUF carries its tokenizer and template inside)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json",
+                   "generation_config.json", "special_tokens_map.json")
 
 
 @dataclass
@@ -62,6 +65,10 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
     if big:
         (work / "model.onnx.data").replace(out / "model.onnx.data")
     tmp.replace(out / "model.onnx")
+    for name in TOKENIZER_FILES:  # copied next to the model, each renamed into place
+        if (raw / name).is_file():
+            shutil.copyfile(raw / name, work / name)
+            (work / name).replace(out / name)
     return ModelFile(out / "model.onnx", f"optimum-onnx main_export(text-generation-with-past) + "
                      f"untied head + {quant} weight-only quantization", quant,
                      time.perf_counter() - start)

@@ -313,8 +313,15 @@ def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bu
         drafters["tasc-spec+gen"] = make_drafter("tasc-spec", _exported_table(name, backend, cfg, bundle))
     sweep = [m for m in methods if method_gamma(m) is not None]
     if sweep:  # the sweep uses the best table at hand: the exported one, else the reference one
-        table = (_exported_table(name, backend, cfg, bundle) if cfg.tables or bundle
-                 else reference_table(backend, task))
+        # (tables are read-only: a drafter above already holding it shares it, not a reload)
+        if "tasc-spec+gen" in drafters:
+            table = drafters["tasc-spec+gen"].task
+        elif cfg.tables or bundle:
+            table = _exported_table(name, backend, cfg, bundle)
+        elif "tasc-spec" in drafters:
+            table = drafters["tasc-spec"].task
+        else:
+            table = reference_table(backend, task)
         for m in sweep:
             drafters[m] = make_drafter("tasc-spec", table, NgramDraftConfig(min_survival=0.0))
     return drafters

@@ -91,16 +91,21 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     return Bundle(root, manifest)
 
 
-def open_backend(bundle: Bundle, n_ctx: int | None = None, n_threads: int | None = None):
-    """The bundle's model on its backend; refuses a tokenizer that is not the exported one."""
-    if bundle.format == "onnx":
+def open_model(fmt: str, model_path: Path, n_ctx: int | None = None, n_threads: int | None = None):
+    """The backend that runs a bundle format's model file (no manifest checks: export uses it
+    on a bundle still being written)."""
+    if fmt == "onnx":
         from tasc_edge.runtime.onnx_backend import OnnxBackend
 
-        backend = OnnxBackend(bundle.model_path, n_ctx=n_ctx, n_threads=n_threads)
-    else:
-        from tasc_edge.runtime.llama_backend import LlamaCppBackend
+        return OnnxBackend(model_path, n_ctx=n_ctx, n_threads=n_threads)
+    from tasc_edge.runtime.llama_backend import LlamaCppBackend
 
-        backend = LlamaCppBackend(bundle.model_path, n_ctx=n_ctx or 4096, n_threads=n_threads)
+    return LlamaCppBackend(model_path, n_ctx=n_ctx or 4096, n_threads=n_threads)
+
+
+def open_backend(bundle: Bundle, n_ctx: int | None = None, n_threads: int | None = None):
+    """The bundle's model on its backend; refuses a tokenizer that is not the exported one."""
+    backend = open_model(bundle.format, bundle.model_path, n_ctx, n_threads)
     want = bundle.manifest["tokenizer_hash"]
     if backend.tokenizer_hash != want:
         backend.close()

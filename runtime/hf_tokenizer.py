@@ -36,6 +36,7 @@ class HFTokenizer:
                                           if template_file.is_file() else config.get("chat_template"))
         self.bos = _token_str(config.get("bos_token"))
         self.eos = _token_str(config.get("eos_token"))
+        self._template = _compile(self.chat_template) if self.chat_template else None
         self.n_vocab = self.tok.get_vocab_size(with_added_tokens=True)
         special = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
         eos_ids: set[int] = set()
@@ -53,17 +54,10 @@ class HFTokenizer:
         return self.tok.decode(list(tokens), skip_special_tokens=False)
 
     def render(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-        if not self.chat_template:
+        if self._template is None:
             return self.tokenize("\n".join(m["content"] for m in messages))
-        jinja2 = require("jinja2", "runtime")
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise
-        text = env.from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos, eos_token=self.eos)
-        del jinja2
+        text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     bos_token=self.bos, eos_token=self.eos)
         return self.tokenize(text)
 
     def _hash(self, special: set[str]) -> str:
@@ -87,6 +81,16 @@ def _token_str(value: object) -> str:
     if isinstance(value, dict):  # older configs store AddedToken dicts
         return str(value.get("content", ""))
     return "" if value is None else str(value)
+
+
+def _compile(template: str):
+    """The chat template compiled once, in a sandbox (a template is data from the bundle)."""
+    require("jinja2", "runtime")
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = _raise
+    return env.from_string(template)
 
 
 def _raise(message: str) -> None:

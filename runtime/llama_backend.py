@@ -36,6 +36,7 @@ import numpy as np
 
 from tasc_edge.decode import common_prefix_length
 from tasc_edge.errors import TascError, require
+from tasc_edge.tasks import end_of_turn_token
 
 KV_TYPES = {"f16": 1, "q8_0": 8}  # enum ggml_type
 
@@ -155,16 +156,9 @@ class LlamaCppBackend:
         return self._render([{"role": "user", "content": user_message}], add_generation_prompt=True)
 
     def end_of_turn(self) -> int:
-        """The token that closes an assistant turn in this model's template (appended to corpus
-        outputs so the drafter can propose stopping). Found by rendering a short exchange:
-        the first end-of-generation token after the assistant's text."""
-        ids = self._render([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
-                           add_generation_prompt=False)
-        prefix = len(self._render([{"role": "user", "content": "a"}], add_generation_prompt=True))
-        for t in ids[prefix:]:
-            if t in self.stop_tokens:
-                return t
-        return int(self._lib.llama_vocab_eos(self._vocab))
+        """The token closing an assistant turn in the GGUF's template (else the vocab's EOS)."""
+        token = end_of_turn_token(self._render, self.stop_tokens)
+        return int(self._lib.llama_vocab_eos(self._vocab)) if token is None else token
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
         template = self.llm.metadata.get("tokenizer.chat_template")

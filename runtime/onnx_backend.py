@@ -21,7 +21,6 @@ cores (the OS, the app), spinning workers halved step time under load here.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -29,7 +28,9 @@ import numpy as np
 
 from tasc_edge.decode import common_prefix_length
 from tasc_edge.errors import TascError, require
+from tasc_edge.tasks import end_of_turn_token
 from tasc_edge.runtime.hf_tokenizer import HFTokenizer
+from tasc_edge.runtime.llama_backend import physical_cores  # llama_cpp itself is imported lazily
 
 
 class OnnxBackend:
@@ -44,7 +45,7 @@ class OnnxBackend:
             raise TascError(f"model file not found: {model_path}")
         folder = model_path.parent
         so = ort.SessionOptions()
-        self.n_threads = n_threads or _physical_cores()
+        self.n_threads = n_threads or physical_cores()
         so.intra_op_num_threads = self.n_threads
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
@@ -67,8 +68,8 @@ class OnnxBackend:
         self.tokenizer = HFTokenizer(folder)
         self.stop_tokens = self.tokenizer.stop_tokens
         self.tokenizer_hash = self.tokenizer.tokenizer_hash
-        self.n_vocab = int(self.session.get_outputs()[0].shape[-1]) if isinstance(
-            self.session.get_outputs()[0].shape[-1], int) else self.tokenizer.n_vocab
+        logits_width = self.session.get_outputs()[0].shape[-1]  # a dim name when not fixed
+        self.n_vocab = logits_width if isinstance(logits_width, int) else self.tokenizer.n_vocab
         self.n_past = 0
         self.reused_tokens = 0
         self._cached: list[int] = []
@@ -148,22 +149,10 @@ class OnnxBackend:
         return self.tokenizer.render([{"role": "user", "content": user_message}], add_generation_prompt=True)
 
     def end_of_turn(self) -> int:
-        """The first end-of-generation token after the assistant's text in a rendered exchange."""
-        ids = self.tokenizer.render([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
-                                    add_generation_prompt=False)
-        prefix = len(self.chat_prompt("a"))
-        for t in ids[prefix:]:
-            if t in self.stop_tokens:
-                return t
+        """The token closing an assistant turn in the template (else the lowest EOS id)."""
+        token = end_of_turn_token(self.tokenizer.render, self.stop_tokens)
+        if token is not None:
+            return token
         if not self.stop_tokens:
             raise TascError("the tokenizer has no end-of-generation token (eos_token_id)")
         return min(self.stop_tokens)
-
-
-def _physical_cores() -> int:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1

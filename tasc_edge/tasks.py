@@ -99,6 +99,17 @@ def load_task(spec: str | Path) -> Task:
     return task
 
 
+def end_of_turn_token(render: Callable[[list[dict], bool], list[int]],
+                      stop_tokens: frozenset[int]) -> int | None:
+    """The token that closes an assistant turn in a chat template (appended to corpus outputs
+    so the drafter can propose stopping): the first end-of-generation token after the
+    assistant's text in a rendered short exchange; None if the template shows none.
+    `render(messages, add_generation_prompt)` returns the template's token ids."""
+    ids = render([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], False)
+    prefix = len(render([{"role": "user", "content": "a"}], True))
+    return next((t for t in ids[prefix:] if t in stop_tokens), None)
+
+
 def task_sequences(outputs: Sequence[str], tokenize: Callable[[str], list[int]],
                    end_token: int) -> list[list[int]]:
     """Output texts as token ids of the *target's* tokenizer, each ending with the end-of-turn
