@@ -7,7 +7,8 @@ what is already there):
   2. tokenizer files (ONNX; a GGUF carries its own);
   3. one n-gram table per task, built with the bundle's own tokenizer, from reference outputs
      and/or the bundle model's own generations (`--corpus`);
-  4. manifest.json, last. A re-run deletes the old manifest first, so an interrupted re-export
+  4. VocabTrim drafters (ONNX, `--drafter-layers`): see export/vocabtrim.py;
+  5. manifest.json, last. A re-run deletes the old manifest first, so an interrupted re-export
      never leaves a bundle that looks complete.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from tasc_edge.errors import TascError, require
+from tasc_edge.export.drafter import DrafterConfig
 from tasc_edge.export.onnx import TOKENIZER_FILES  # a constant: onnx itself is imported lazily
 from tasc_edge.export.tables import ExportTablesConfig, build_task_table
 from tasc_edge.runtime.bundle import (FORMAT_VERSION, MANIFEST, MODEL_FILES, file_entry, open_model,
@@ -38,6 +40,7 @@ class ExportBundleConfig:
     onnx_quant: str = "int4"  # fp32 | int8 | int4
     gguf_quant: str = "q4_0"  # as-is | q4_0 | q4_1 | q8_0 | f16
     tables: ExportTablesConfig = field(default_factory=lambda: ExportTablesConfig(task="", out=""))
+    drafter: DrafterConfig | None = None  # VocabTrim drafters (ONNX bundles)
 
 
 def export_bundle(cfg: ExportBundleConfig, log=print) -> list[Path]:
@@ -46,6 +49,9 @@ def export_bundle(cfg: ExportBundleConfig, log=print) -> list[Path]:
     if not cfg.tasks:
         raise TascError("export needs at least one --task")
     formats = ["onnx", "gguf"] if cfg.format == "both" else [cfg.format]
+    if cfg.drafter is not None and cfg.format != "onnx":
+        raise TascError("VocabTrim drafters are exported for --format onnx only (the llama.cpp "
+                        "drafter path is not implemented yet)")
     root = Path(cfg.out)
     outs = []
     for fmt in formats:
@@ -108,14 +114,24 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
                 _write_state(work, state)
             tables[name] = f"tables/{name}.npz"
             files.append(file_entry(out, final, f"n-gram table, {cfg.tables.corpus} corpus of {task}"))
+        timings["tables_s"] = time.perf_counter() - t
+        drafters: dict = {}
+        if cfg.drafter is not None:
+            from tasc_edge.export.vocabtrim import export_drafters
+
+            t = time.perf_counter()
+            drafters, drafter_files = export_drafters(
+                out, work, lambda: _hf_checkpoint(source, work, log), backend, cfg.tasks, cfg.tables,
+                cfg.drafter, quant, state, lambda st: _write_state(work, st), log)
+            files += drafter_files
+            timings["drafters_s"] = time.perf_counter() - t
         tokenizer_hash = backend.tokenizer_hash
     finally:
         backend.close()
-    timings["tables_s"] = time.perf_counter() - t
 
     manifest = {
         "format_version": FORMAT_VERSION, "format": fmt, "tokenizer_hash": tokenizer_hash,
-        "files": files, "tables": tables,
+        "files": files, "tables": tables, "drafters": drafters,
         "model": {"file": model_path.name, "bytes": model_path.stat().st_size, "quant": quant,
                   "architecture": _architecture(out, fmt, model_path), "source": str(source),
                   "source_sha256": source_hash},
@@ -124,8 +140,9 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
         "packages": _versions(),
     }
     write_manifest(out, manifest)
-    # the staged checkpoint and fp32 export are large and no longer needed; the step state
-    # and generated corpora are small and let a later export with other tables skip the model
+    # the staged checkpoint and fp32 export are large and no longer needed; the step state,
+    # generated corpora and distilled drafter let a later export with other tables or other
+    # K skip the model and the distillation
     for staged in ("hf", "onnx-fp32"):
         shutil.rmtree(work / staged, ignore_errors=True)
     log(f"bundle {out} complete: {model_path.name} {model_path.stat().st_size / 1e6:.1f} MB, "

@@ -37,7 +37,9 @@ class ModelFile:
     seconds: float
 
 
-def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=print) -> ModelFile:
+def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=print,
+                keep_rows=None) -> ModelFile:
+    """`keep_rows`: target ids the LM head keeps (a VocabTrim drafter); None keeps them all."""
     if quant not in ONNX_QUANTS:
         raise TascError(f"unknown ONNX quantization {quant!r}; choose {', '.join(ONNX_QUANTS)}")
     onnx = require("onnx", "export")
@@ -54,8 +56,11 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
         (raw / ".complete").write_text("ok\n")
     model = onnx.load(str(raw / "model.onnx"))
     bits = ONNX_QUANTS[quant]
-    if bits is not None:  # fp32 keeps the tied head: untying would only add a 2nd copy
-        untie_lm_head(model)
+    if bits is not None or keep_rows is not None:  # fp32 keeps the tied head: untying would
+        untie_lm_head(model)  # only add a second copy, unless rows are dropped from it
+    if keep_rows is not None:
+        trim_lm_head(model, keep_rows)
+    if bits is not None:
         log(f"quantizing weights to {quant} (MatMulNBits, block 32, accuracy level 4)")
         model = quantize_weights(model, bits)
     onnx.checker.check_model(model)
@@ -69,8 +74,9 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
         if (raw / name).is_file():
             shutil.copyfile(raw / name, work / name)
             (work / name).replace(out / name)
+    trimmed = "" if keep_rows is None else f" + head trimmed to {len(keep_rows)} rows"
     return ModelFile(out / "model.onnx", f"optimum-onnx main_export(text-generation-with-past) + "
-                     f"untied head + {quant} weight-only quantization", quant,
+                     f"untied head{trimmed} + {quant} weight-only quantization", quant,
                      time.perf_counter() - start)
 
 
@@ -90,6 +96,62 @@ def untie_lm_head(model) -> bool:
                 graph.node.remove(node)
                 return True
     return False
+
+
+def trim_lm_head(model, keep_rows) -> None:
+    """Keep only the head columns `keep_rows` (VocabTrim): logits shrink to [.., K], and the
+    graph output says so. Needs an untied head (a plain MatMul weight [hidden, vocab])."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    logits = next((o for o in graph.output if o.name == "logits"), None)
+    if logits is None:
+        raise TascError("no 'logits' output in the exported graph")
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    node = producer.get("logits")
+    while node is not None and node.op_type != "MatMul":  # e.g. a soft-cap after the head
+        node = producer.get(node.input[0])
+    if node is None or node.input[1] not in inits:
+        raise TascError("could not find the LM head MatMul feeding 'logits' (untie it first)")
+    init = inits[node.input[1]]
+    w = numpy_helper.to_array(init)
+    keep = np.asarray(keep_rows, dtype=np.int64)
+    if keep.max() >= w.shape[1]:
+        raise TascError(f"kept id {int(keep.max())} outside the head's {w.shape[1]} rows")
+    graph.initializer.remove(init)
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, keep]), init.name))
+    logits.type.tensor_type.shape.dim[-1].dim_value = len(keep)
+
+
+def step_bytes(path: Path) -> int:
+    """Weight bytes one decode step reads: every initializer except tables read by Gather
+    (the embedding: one row per token). The `c` of MBSU is a drafter's step_bytes over the
+    target's."""
+    onnx = require("onnx", "export")
+    model = onnx.load(str(path), load_external_data=False)
+    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
+    used_elsewhere = {i for n in model.graph.node if n.op_type != "Gather" for i in n.input}
+    total = 0
+    for init in model.graph.initializer:
+        if init.name in gathered and init.name not in used_elsewhere:
+            continue
+        total += _init_bytes(init)
+    return total
+
+
+def _init_bytes(init) -> int:
+    import numpy as np
+    from onnx import helper
+
+    if init.raw_data:
+        return len(init.raw_data)
+    for ext in init.external_data:
+        if ext.key == "length":
+            return int(ext.value)
+    n = int(np.prod(init.dims)) if init.dims else 1
+    return n * np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
 
 
 def quantize_weights(model, bits: int):

@@ -130,3 +130,30 @@ def open_target(model: str | None, quant: str, n_ctx: int, threads: int | None,
 
     path = resolve_model(model, quant)
     return LlamaCppBackend(path, n_ctx=n_ctx, n_threads=threads), path, None
+
+
+def drafter_variants(bundle: Bundle) -> list[str]:
+    return sorted(bundle.manifest.get("drafters", {}))
+
+
+def open_drafter(bundle: Bundle, variant: str, target, sampling=None, seed: int = 0,
+                 n_threads: int | None = None, config=None):
+    """A bundle's VocabTrim drafter (drafter/<variant>) as a ModelDrafter for `target`.
+    Refuses a drafter whose tokenizer or kept-id list was made for another tokenizer."""
+    from tasc_edge.model_drafter import ModelDrafter
+    from tasc_edge.runtime.onnx_backend import OnnxBackend
+    from tasc_edge.vocab_trim import KeptVocab
+
+    entry = bundle.manifest.get("drafters", {}).get(variant)
+    if entry is None:
+        raise TascError(f"bundle {bundle.path} has no drafter {variant!r} (it has "
+                        f"{', '.join(drafter_variants(bundle)) or 'none'}; export with --drafter-layers)")
+    folder = bundle.path / entry["dir"]
+    # drafts need not be bit-exact, so the drafter skips the pad row the target needs
+    backend = OnnxBackend(folder / "model.onnx", n_ctx=target.n_ctx, n_threads=n_threads, min_rows=1)
+    if backend.tokenizer_hash != target.tokenizer_hash:
+        backend.close()
+        raise TascError(f"{folder}: the drafter's tokenizer {backend.tokenizer_hash[:12]} is not the "
+                        f"target's {target.tokenizer_hash[:12]}; a drafter must share the target's tokenizer")
+    kept = KeptVocab.load(folder / "kept.npz", target.tokenizer_hash) if entry.get("k") else None
+    return ModelDrafter(backend, target.n_vocab, kept, sampling, seed, config)

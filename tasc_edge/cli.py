@@ -94,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--max-new-tokens", type=int, default=160)
     exp.add_argument("--max-order", type=int, default=4)
     exp.add_argument("--out", required=True, help="bundle folder (or the .npz for --format tables)")
+    vt = exp.add_argument_group("VocabTrim drafter (ONNX bundles)")
+    vt.add_argument("--drafter-layers", type=int, default=0,
+                    help="export a self-drafter: the target's first N layers, distilled, head trimmed")
+    vt.add_argument("--drafter-model", help="a same-tokenizer HF checkpoint to use as the drafter instead")
+    vt.add_argument("--calib", default="target", choices=["target", "drafter", "reference", "raw"],
+                    help="calibration text for the kept vocabulary (target = its own generations)")
+    vt.add_argument("--top-k", default="", help="comma-separated K values: one trimmed drafter each")
+    vt.add_argument("--coverage", type=float, default=0.99,
+                    help="without --top-k: keep the fewest tokens covering this share of calibration tokens")
+    vt.add_argument("--distill-steps", type=int, default=300, help="0 = no distillation")
+    vt.add_argument("--no-untrimmed", action="store_true", help="skip the full-head drafter")
     _add_model_args(exp)
     return ap
 
@@ -193,9 +204,17 @@ def _export(args: argparse.Namespace) -> int:
         return 0
     from tasc_edge.export.bundle import ExportBundleConfig, export_bundle
 
+    from tasc_edge.export.drafter import DrafterConfig
+
+    drafter = None
+    if args.drafter_layers or args.drafter_model:
+        top_k = tuple(int(k) for k in args.top_k.split(",") if k)
+        drafter = DrafterConfig(layers=args.drafter_layers, model=args.drafter_model, calib=args.calib,
+                                top_k=top_k, coverage=None if top_k else args.coverage,
+                                untrimmed=not args.no_untrimmed, distill_steps=args.distill_steps)
     bundle = ExportBundleConfig(tasks=[t for t in args.task.split(",") if t], out=args.out,
                                 model=args.model, format=args.format, onnx_quant=args.onnx_quant,
-                                gguf_quant=args.quant, tables=cfg)
+                                gguf_quant=args.quant, tables=cfg, drafter=drafter)
     for out in export_bundle(bundle):
         print(f"bundle written: {out}")
     return 0

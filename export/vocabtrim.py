@@ -1,0 +1,127 @@
+"""Bundle step: VocabTrim drafters (calibrate, build + distill the drafter, export per K).
+
+    bundle/drafter/full/   model.onnx + tokenizer files          (untrimmed head, if asked)
+    bundle/drafter/k4096/  model.onnx + tokenizer files + kept.npz (head keeps 4096 target ids)
+
+Calibration sources (`--calib`, as in the paper): `target` = the target's own greedy outputs
+on the train prompts (the tables step's generated corpus, made here if the tables did not
+need it); `drafter` = the distilled drafter's greedy outputs; `reference` = the dataset's
+outputs; `raw` = prompts + reference outputs. One kept list serves all tasks of the bundle
+(the union of their calibration text). Stop tokens and the end-of-turn token are always kept.
+Each finished piece is recorded in `.work/state.json`, so an interrupted export resumes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from tasc_edge.errors import TascError
+from tasc_edge.export.drafter import (DrafterConfig, build_self_drafter, distill, drafter_generations,
+                                      load_target, save_drafter, top1_agreement)
+from tasc_edge.export.onnx import export_onnx, step_bytes
+from tasc_edge.export.tables import _read_generated, generated_corpus
+from tasc_edge.ngram import NgramTable
+from tasc_edge.runtime.bundle import file_entry
+from tasc_edge.tasks import load_task, task_sequences
+from tasc_edge.vocab_trim import KeptVocab, choose_kept, token_counts
+
+
+def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], tables_cfg,
+                    dcfg: DrafterConfig, quant: str, state: dict, save_state, log) -> tuple[dict, list[dict]]:
+    """(manifest["drafters"], file entries). `backend` is the bundle's target (tokenizer and
+    generation); `hf_dir()` stages its torch checkpoint (only called when distilling)."""
+    end = backend.end_of_turn()
+    loaded = [(Path(t).name.removesuffix(".jsonl") or "task", load_task(t)) for t in tasks]
+    prompts, generated, references = [], [], []
+    for name, task in loaded:
+        rows = task.train[: tables_cfg.train_limit] if tables_cfg.train_limit else task.train
+        ref = task_sequences([r.output for r in task.train], backend.tokenize, end)
+        table_path = work / f"{name}.npz"
+        generated_corpus(backend, rows, NgramTable.build(ref, backend.tokenizer_hash, tables_cfg.max_order),
+                         replace(tables_cfg, task=name), table_path, log)
+        gens = _read_generated(table_path.with_name(table_path.name + ".generated.jsonl"),
+                               backend.tokenizer_hash)
+        for r in rows:
+            if r.id in gens:
+                prompts.append(backend.chat_prompt(r.prompt))
+                generated.append(gens[r.id])
+                references.append(task_sequences([r.output], backend.tokenize, end)[0])
+
+    # the drafter network, distilled once (untrimmed); trimming below only drops head rows
+    drafter_dir = work / "drafter-hf"
+    key = f"{dcfg.model}|{dcfg.layers}|{dcfg.distill_steps}|{dcfg.lr}|{dcfg.max_len}|{len(prompts)}"
+    drafter = None
+    if state.get("drafter") != key or not (drafter_dir / ".complete").is_file():
+        shutil.rmtree(drafter_dir, ignore_errors=True)
+        hf = hf_dir()
+        target = load_target(hf)
+        drafter = load_target(Path(dcfg.model)) if dcfg.model else build_self_drafter(target, dcfg.layers)
+        _check_same_vocab(drafter, target)
+        seqs = [p + g for p, g in zip(prompts, generated)]
+        stats = {"steps": 0}
+        if dcfg.distill_steps > 0:
+            stats = distill(drafter, target, seqs, dcfg, log)
+        stats["top1_agreement"] = top1_agreement(drafter, target, seqs[:8])
+        log(f"drafter agrees with the target's top token on {stats['top1_agreement']:.0%} of "
+            "positions (first 8 calibration sequences)")
+        save_drafter(drafter, hf, drafter_dir)
+        del target
+        state.update({"drafter": key, "distill": stats})
+        for k in [k for k in state if k.startswith("drafter:")]:
+            del state[k]  # variants made from an older drafter
+        save_state(state)
+
+    calib = {"target": generated, "reference": references,
+             "raw": [p + r for p, r in zip(prompts, references)]}.get(dcfg.calib)
+    if dcfg.calib == "drafter":
+        drafter = drafter or load_target(drafter_dir)
+        calib = drafter_generations(drafter, prompts, set(backend.stop_tokens), tables_cfg.max_new_tokens)
+    if calib is None:
+        raise TascError(f"unknown --calib {dcfg.calib!r}; choose target, drafter, reference or raw")
+    counts = token_counts(calib, backend.n_vocab)
+    always = {*backend.stop_tokens, end}
+    variants: dict[str, KeptVocab | None] = {"full": None} if dcfg.untrimmed else {}
+    for k in dcfg.top_k:
+        variants[f"k{k}"] = choose_kept(counts, backend.tokenizer_hash, dcfg.calib, top_k=k, always=always)
+    if not dcfg.top_k and dcfg.coverage is not None:
+        kept = choose_kept(counts, backend.tokenizer_hash, dcfg.calib, coverage=dcfg.coverage, always=always)
+        variants[f"k{kept.k}"] = kept
+
+    target_bytes = step_bytes(out / "model.onnx")
+    entries, files = {}, []
+    for variant, kept in variants.items():
+        folder = out / "drafter" / variant
+        vkey = f"{key}|{dcfg.calib}|{quant}|{None if kept is None else kept.k}"
+        if state.get(f"drafter:{variant}") != vkey or not (folder / "model.onnx").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            log(f"exporting drafter {variant} ({quant})")
+            export_onnx(drafter_dir, work / "drafter-onnx", folder, quant, log,
+                        keep_rows=None if kept is None else kept.ids)
+            if kept is not None:
+                kept.save(folder / "kept.npz")
+            state[f"drafter:{variant}"] = vkey
+            save_state(state)
+        kept = KeptVocab.load(folder / "kept.npz") if (folder / "kept.npz").is_file() else None
+        files += [file_entry(out, f, f"VocabTrim drafter {variant}") for f in sorted(folder.iterdir())
+                  if f.is_file()]
+        bytes_ = step_bytes(folder / "model.onnx")
+        entries[variant] = {
+            "dir": f"drafter/{variant}", "k": None if kept is None else kept.k,
+            "coverage": 1.0 if kept is None else kept.coverage, "calib": dcfg.calib,
+            "calib_tokens": int(counts.sum()), "layers": dcfg.layers if not dcfg.model else None,
+            "step_bytes": bytes_, "target_step_bytes": target_bytes, "c": bytes_ / target_bytes,
+            "distill": state.get("distill"), "quant": quant}
+        log(f"drafter {variant}: K={entries[variant]['k'] or backend.n_vocab}, coverage "
+            f"{entries[variant]['coverage']:.3f}, {bytes_ / 1e6:.1f} MB read per step, c = {bytes_ / target_bytes:.3f}")
+    shutil.rmtree(work / "drafter-onnx", ignore_errors=True)
+    return entries, files
+
+
+def _check_same_vocab(drafter, target) -> None:
+    a, b = drafter.config.vocab_size, target.config.vocab_size
+    if a != b:
+        raise TascError(f"the drafter's vocabulary has {a} tokens, the target's {b}: a drafter "
+                        "must share the target's tokenizer")

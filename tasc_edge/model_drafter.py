@@ -1,0 +1,173 @@
+"""Model drafters: a small same-tokenizer model (optionally with a VocabTrim head), alone or
+chained behind the n-gram drafter.
+
+`ModelDrafter` runs its own backend (same prefill / forward / rollback protocol as the
+target) and keeps that cache in step lazily: before drafting it compares the tokens its cache
+holds with the committed sequence, rolls back to the common prefix and feeds what is missing
+(one forward), so rejected drafts cost nothing to undo. A trimmed head returns logits over
+`kept.ids` only; drafted rows map back to target ids, and for sampling the drafter's
+distribution is spread onto the full vocabulary with zeros elsewhere, which is all
+speculative sampling needs to stay exact.
+
+`ChainedDrafter`: the n-gram drafter goes first (free: no weights read); the model drafter
+only continues where the n-grams have no guess or stop being sure, starting from the end of
+the n-gram draft. Both learn from the verification of their own part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from tasc_edge.decode import Backend, Draft, common_prefix_length
+from tasc_edge.drafters import AcceptanceCalibrator, NgramDrafter
+from tasc_edge.errors import TascError
+from tasc_edge.verify import SamplingConfig, sample, target_probs
+from tasc_edge.vocab_trim import KeptVocab
+
+
+@dataclass(frozen=True)
+class ModelDraftConfig:
+    max_draft: int = 6  # drafter steps per target forward at most (gamma)
+    min_survival: float = 0.1  # stop once P(all drafts so far accepted) drops below
+    prior_strength: float = 4.0
+    prefill_gap: int = 32  # feed more missing tokens than this with prefill(), not forward()
+
+
+class ModelDrafter:
+    def __init__(self, backend: Backend, n_vocab: int, kept: KeptVocab | None = None,
+                 sampling: SamplingConfig | None = None, seed: int = 0,
+                 config: ModelDraftConfig | None = None) -> None:
+        width = getattr(backend, "n_vocab", None)
+        want = kept.k if kept is not None else n_vocab
+        if width is not None and width != want:
+            raise TascError(f"the drafter's head has {width} rows but "
+                            f"{'the kept vocabulary has ' + str(kept.k) if kept else 'the target vocabulary is ' + str(n_vocab)}"
+                            "; the drafter and its kept-id list come from different exports")
+        if kept is not None and kept.n_vocab > n_vocab:
+            raise TascError(f"kept ids index a vocabulary of {kept.n_vocab}, the target has {n_vocab}")
+        self.backend, self.n_vocab, self.kept = backend, n_vocab, kept
+        self.sampling = sampling or SamplingConfig()
+        self.cfg = config or ModelDraftConfig()
+        self.rng = np.random.default_rng(seed)
+        self.calibrator = AcceptanceCalibrator(self.cfg.prior_strength)
+        self.committed: list[int] = []
+        self.fed: list[int] = []  # tokens the drafter's cache holds
+        self.steps = 0  # drafter forwards (each reads the drafter's weights once), for MBSU
+        self._buckets: list[tuple] = []
+
+    def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:
+            close()
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        self.committed = list(prompt)
+
+    def update(self, draft: Draft, n_accepted: int, committed: Sequence[int]) -> None:
+        judged = min(len(draft.tokens), n_accepted + 1)
+        for i in range(judged):
+            self.calibrator.observe(self._buckets[i], accepted=i < n_accepted)
+        self.committed.extend(committed)
+
+    def draft(self, max_tokens: int, after: Sequence[int] = ()) -> Draft:
+        """Up to `max_tokens` tokens continuing committed + `after` (the chained n-gram part)."""
+        out = Draft()
+        self._buckets = []
+        n = min(max_tokens, self.cfg.max_draft)
+        if n <= 0:
+            return out
+        logits = self._sync([*self.committed, *after])
+        rows, survival = [], 1.0
+        for i in range(n):
+            if self.sampling.greedy:
+                p = _softmax(logits)
+                local = int(np.argmax(logits))
+            else:
+                p = target_probs(logits, self.sampling)
+                local = sample(p, self.rng)
+            bucket = (min(int(p[local] * 10), 9),)
+            conf = self.calibrator.estimate(bucket, prior=float(p[local]))
+            survival *= conf
+            if survival < self.cfg.min_survival and out.tokens:
+                break
+            token = local if self.kept is None else self.kept.to_target(local)
+            out.tokens.append(token)
+            out.confidence.append(conf)
+            self._buckets.append(bucket)
+            rows.append(p)
+            if i + 1 < n:
+                logits = self._forward([token])
+        if not self.sampling.greedy:
+            out.probs = self._full_vocab(rows)
+        return out
+
+    # -- internals -----------------------------------------------------------------------------
+    def _sync(self, seq: list[int]) -> np.ndarray:
+        """Bring the cache to seq[:-1] and return the logits after seq[-1]."""
+        keep = min(common_prefix_length(self.fed, seq), len(seq) - 1)
+        missing = seq[keep:]
+        if len(missing) > self.cfg.prefill_gap:  # a new prompt: prefill reuses what it can
+            self.backend.prefill(seq[:-1])
+            self.fed = list(seq[:-1])
+            missing = seq[-1:]
+        elif keep < len(self.fed):
+            self.backend.rollback(len(self.fed) - keep)
+            del self.fed[keep:]
+        return self._forward(missing)
+
+    def _forward(self, tokens: list[int]) -> np.ndarray:
+        logits = self.backend.forward(tokens)[-1]
+        self.fed.extend(tokens)
+        self.steps += 1
+        return np.asarray(logits, dtype=np.float64)
+
+    def _full_vocab(self, rows: list[np.ndarray]) -> np.ndarray:
+        full = np.zeros((len(rows), self.n_vocab))
+        for i, p in enumerate(rows):
+            if self.kept is None:
+                full[i, : len(p)] = p
+            else:
+                full[i, self.kept.ids] = p
+        return full
+
+
+class ChainedDrafter:
+    """N-grams first; the model drafter fills in after them, up to `max_tokens` in all."""
+
+    def __init__(self, ngram: NgramDrafter, model: ModelDrafter) -> None:
+        self.ngram, self.model = ngram, model
+        self._split = 0  # tokens of the last draft that came from the n-grams
+
+    @property
+    def steps(self) -> int:
+        return self.model.steps
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        self.ngram.begin(prompt)
+        self.model.begin(prompt)
+
+    def draft(self, max_tokens: int) -> Draft:
+        a = self.ngram.draft(max_tokens)
+        self._split = len(a.tokens)
+        b = self.model.draft(max_tokens - len(a.tokens), after=a.tokens)
+        probs = None
+        if b.probs is not None:  # n-gram tokens are point masses
+            head = np.zeros((len(a.tokens), self.model.n_vocab))
+            head[np.arange(len(a.tokens)), a.tokens] = 1.0
+            probs = np.concatenate([head, b.probs])
+        return Draft(a.tokens + b.tokens, a.confidence + b.confidence, probs)
+
+    def update(self, draft: Draft, n_accepted: int, committed: Sequence[int]) -> None:
+        k = min(self._split, len(draft.tokens))
+        self.ngram.update(draft.truncate(k), min(n_accepted, k), committed)
+        tail = Draft(draft.tokens[k:], draft.confidence[k:])
+        # the model's tokens were judged only if every n-gram token before them was accepted
+        self.model.update(tail if n_accepted >= k else Draft(), max(n_accepted - k, 0), committed)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()

@@ -1,0 +1,162 @@
+"""VocabTrim: kept-vocabulary choice, and the model drafter (trimmed or not, alone or chained)
+driving real llama.cpp: greedy output equals plain greedy, sampling follows the target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stats import chi_square_pvalue
+from tasc_edge.decode import GenerateConfig, generate
+from tasc_edge.drafters import NgramDrafter
+from tasc_edge.errors import TascError
+from tasc_edge.model_drafter import ChainedDrafter, ModelDrafter, ModelDraftConfig
+from tasc_edge.ngram import NgramTable
+from tasc_edge.verify import SamplingConfig
+from tasc_edge.vocab_trim import KeptVocab, choose_kept, token_counts
+from test_decode_llama import exact_two_token_distribution, prompts
+from tiny_gguf import write_tiny_gguf
+
+llama_backend = pytest.importorskip("tasc_edge.runtime.llama_backend")
+
+
+# -- kept vocabulary ----------------------------------------------------------------------------
+def test_choose_kept_by_top_k_and_coverage_keeps_stop_tokens():
+    counts = np.array([0, 50, 30, 10, 5, 5, 0, 0])
+    kept = choose_kept(counts, "h", "target", top_k=2, always=[7])
+    assert kept.ids.tolist() == [1, 2, 7]  # top two plus the stop token nobody emitted
+    assert kept.coverage == pytest.approx(80 / 100)
+    kept = choose_kept(counts, "h", "target", coverage=0.9)
+    assert kept.ids.tolist() == [1, 2, 3] and kept.coverage == pytest.approx(0.9)
+    assert choose_kept(counts, "h", "raw", coverage=1.0).ids.tolist() == [1, 2, 3, 4, 5]
+    local = kept.to_local()
+    assert local[2] == 1 and local[6] == -1 and kept.to_target(2) == 3
+
+
+def test_choose_kept_rejects_bad_input():
+    with pytest.raises(TascError, match="empty calibration"):
+        choose_kept(np.zeros(5, dtype=np.int64), "h", "target", top_k=2)
+    with pytest.raises(TascError, match="exactly one"):
+        choose_kept(np.ones(5, dtype=np.int64), "h", "target")
+    with pytest.raises(TascError, match="calibration source"):
+        choose_kept(np.ones(5, dtype=np.int64), "h", "nonsense", top_k=1)
+    with pytest.raises(TascError, match="another tokenizer"):
+        token_counts([[1, 2, 9]], n_vocab=5)
+
+
+def test_kept_vocab_round_trip_and_tokenizer_check(tmp_path):
+    kept = choose_kept(np.array([3, 1, 4, 1, 5]), "abc", "reference", top_k=3)
+    kept.save(tmp_path / "kept.npz")
+    back = KeptVocab.load(tmp_path / "kept.npz", "abc")
+    assert back.ids.tolist() == kept.ids.tolist() and back.calib == "reference"
+    with pytest.raises(TascError, match="re-export the drafter"):
+        KeptVocab.load(tmp_path / "kept.npz", "other")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(TascError, match="not a readable"):
+        KeptVocab.load(tmp_path / "bad.npz")
+
+
+# -- the drafter on a real model ----------------------------------------------------------------
+class TrimmedLogits:
+    """A llama.cpp drafter whose logits keep only `ids` (what a trimmed head computes)."""
+
+    def __init__(self, backend, ids: np.ndarray) -> None:
+        self.b, self.ids = backend, ids
+        self.n_ctx, self.n_vocab = backend.n_ctx, len(ids)
+
+    def prefill(self, tokens):
+        self.b.prefill(tokens)
+
+    def forward(self, tokens):
+        return self.b.forward(tokens)[:, self.ids]
+
+    def rollback(self, n):
+        self.b.rollback(n)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vt")
+    target = llama_backend.LlamaCppBackend(write_tiny_gguf(folder / "t.gguf", seed=3), n_ctx=256, n_threads=2)
+    # the drafter: the same weights in a second context (a perfect drafter before trimming),
+    # and an unrelated random model (a bad one)
+    same = llama_backend.LlamaCppBackend(folder / "t.gguf", n_ctx=256, n_threads=2)
+    other = llama_backend.LlamaCppBackend(write_tiny_gguf(folder / "o.gguf", seed=9), n_ctx=256, n_threads=2)
+    yield target, same, other
+    for b in (target, same, other):
+        b.close()
+
+
+def greedy_refs(target, n=8):
+    cfg = GenerateConfig(max_new_tokens=40, max_draft=8, stop_tokens=target.stop_tokens)
+    ps = prompts(target, n)
+    return cfg, ps, [generate(target, p, None, cfg).tokens for p in ps]
+
+
+def test_trimmed_drafter_greedy_exact_and_ids_map_back(pair):
+    target, same, other = pair
+    cfg, ps, refs = greedy_refs(target)
+    counts = token_counts(refs[:4], target.n_vocab)
+    kept = choose_kept(counts, target.tokenizer_hash, "target", coverage=1.0, always=target.stop_tokens)
+    assert kept.k < target.n_vocab
+    for draft_backend, k in ((same, None), (TrimmedLogits(same, kept.ids), kept), (other, None)):
+        drafter = ModelDrafter(draft_backend, target.n_vocab, k, config=ModelDraftConfig(max_draft=5))
+        accepted = drafted = 0
+        for p, ref in zip(ps, refs):
+            g = generate(target, p, drafter, cfg)
+            assert g.tokens == ref
+            accepted, drafted = accepted + g.stats.accepted, drafted + g.stats.drafted
+        if draft_backend is same:  # the same weights draft exactly what the target says
+            assert drafted > 0 and accepted == drafted
+        if k is not None:  # every drafted id is a kept target id, mapped back from its row
+            drafter.begin(ps[0])
+            assert set(drafter.draft(5).tokens) <= set(kept.ids.tolist())
+            assert drafted > 0 and accepted > 0
+
+
+def test_chained_drafter_exact_and_each_part_learns(pair):
+    target, same, other = pair
+    cfg, ps, refs = greedy_refs(target)
+    table = NgramTable.build([r for r in refs[:4] if len(r) >= 2], target.tokenizer_hash)
+    for model_backend in (same, other):
+        chained = ChainedDrafter(NgramDrafter(table), ModelDrafter(model_backend, target.n_vocab))
+        for p, ref in zip(ps, refs):
+            assert generate(target, p, chained, cfg).tokens == ref
+        assert chained.ngram.calibrator.seen and chained.model.calibrator.seen
+        assert chained.steps > 0
+
+
+def test_drafter_head_width_mismatch_is_refused(pair):
+    target, same, _ = pair
+    kept = choose_kept(np.ones(target.n_vocab, dtype=np.int64), "h", "target", top_k=10)
+    with pytest.raises(TascError, match="different exports"):
+        ModelDrafter(same, target.n_vocab, kept)  # full-width head with a 10-id list
+
+
+@pytest.mark.parametrize("trim", [False, True])
+def test_sampling_with_model_drafts_follows_target(pair, trim):
+    target, same, other = pair
+    sampling = SamplingConfig(temperature=1.5, top_k=4)
+    prompt = prompts(target, 1)[0]
+    joint = exact_two_token_distribution(target, prompt, sampling)
+    keys = sorted(joint)
+    index = {k: i for i, k in enumerate(keys)}
+    # the unrelated model drafts: its distribution differs from the target's, so acceptance
+    # and the residual both matter; trimming zeroes part of q
+    ids = np.arange(0, target.n_vocab, 2)
+    draft_backend = TrimmedLogits(other, ids) if trim else other
+    kept = KeptVocab(ids, target.n_vocab, 1.0, "raw", 1, target.tokenizer_hash) if trim else None
+    drafter = ModelDrafter(draft_backend, target.n_vocab, kept, SamplingConfig(temperature=1.0), seed=1,
+                           config=ModelDraftConfig(max_draft=2, min_survival=0.0))
+    cfg = GenerateConfig(max_new_tokens=2, max_draft=2, sampling=sampling, stop_tokens=frozenset())
+    rng = np.random.default_rng(5)
+    counts = np.zeros(len(keys))
+    drafted = 0
+    for _ in range(2500):
+        g = generate(target, prompt, drafter, cfg, rng=rng)
+        key = tuple(g.tokens)
+        assert key in index, f"sampled {key}, which the target gives probability 0"
+        counts[index[key]] += 1
+        drafted += g.stats.drafted
+    assert drafted > 0
+    assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3

@@ -1,0 +1,96 @@
+"""VocabTrim drafters through the real export stage on a tiny random HF Llama: calibrate,
+build + distill a 1-layer self-drafter, export full and trimmed ONNX heads into the bundle,
+run them against the ONNX target (exact), and refuse a drafter with another tokenizer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("optimum.exporters.onnx")
+pytest.importorskip("torch")
+
+from tasc_edge.decode import GenerateConfig, generate  # noqa: E402
+from tasc_edge.drafters import NgramDrafter  # noqa: E402
+from tasc_edge.errors import TascError  # noqa: E402
+from tasc_edge.export.bundle import export_bundle  # noqa: E402
+from tasc_edge.export.drafter import DrafterConfig  # noqa: E402
+from tasc_edge.model_drafter import ChainedDrafter  # noqa: E402
+from tasc_edge.runtime.bundle import load_bundle, load_table, open_backend, open_drafter  # noqa: E402
+from tasc_edge.tasks import load_task  # noqa: E402
+from test_bundle import export_cfg, hf  # noqa: E402,F401  (module fixture)
+
+
+@pytest.fixture(scope="module")
+def bundle_path(hf, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("vt") / "b"
+    cfg = export_cfg(hf, out, "int4", train_limit=12, max_new_tokens=24)
+    cfg.tables.corpus = "both"
+    cfg.drafter = DrafterConfig(layers=1, top_k=(48, 96), distill_steps=20)
+    export_bundle(cfg, log=lambda *_: None)
+    return out
+
+
+def test_manifest_lists_drafters_with_bytes_and_coverage(bundle_path):
+    drafters = load_bundle(bundle_path).manifest["drafters"]
+    assert set(drafters) == {"full", "k48", "k96"}
+    full, k48, k96 = drafters["full"], drafters["k48"], drafters["k96"]
+    assert full["k"] is None and k48["k"] >= 48 and k96["k"] >= 96
+    # fewer head rows, fewer bytes per draft step; all of them cheaper than the target
+    assert k48["step_bytes"] < k96["step_bytes"] < full["step_bytes"] < full["target_step_bytes"]
+    assert 0 < k48["coverage"] <= k96["coverage"] <= 1.0
+    assert full["distill"]["steps"] == 20 and full["distill"]["kl_last"] is not None
+
+
+def test_trimmed_drafters_are_exact_against_the_onnx_target(bundle_path):
+    bundle = load_bundle(bundle_path)
+    with open_backend(bundle, n_ctx=1024, n_threads=2) as target:
+        cfg = GenerateConfig(max_new_tokens=32, max_draft=8, stop_tokens=target.stop_tokens)
+        ps = [target.chat_prompt(r.prompt) for r in load_task("demo").test[:6]]
+        refs = [generate(target, p, None, cfg).tokens for p in ps]
+        table = load_table(bundle, "demo", target.tokenizer_hash)
+        for variant in ("full", "k48"):
+            model = open_drafter(bundle, variant, target, n_threads=1)
+            assert model.backend.n_vocab == (model.kept.k if model.kept else target.n_vocab)
+            drafted = 0
+            for drafter in (model, ChainedDrafter(NgramDrafter(table), model)):
+                for p, ref in zip(ps, refs):
+                    g = generate(target, p, drafter, cfg)
+                    assert g.tokens == ref
+                    drafted += g.stats.drafted
+            assert drafted > 0 and model.steps > 0
+            if model.kept is not None:
+                model.begin(ps[0])
+                assert set(model.draft(4).tokens) <= set(model.kept.ids.tolist())
+            model.close()
+
+
+def test_drafter_with_another_tokenizer_is_refused(bundle_path, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_path, copy)
+    tok = copy / "drafter" / "k48" / "tokenizer.json"
+    spec = json.loads(tok.read_text())
+    spec["added_tokens"][0]["content"] = "<|other|>"  # a different tokenizer, same size
+    tok.write_text(json.dumps(spec))
+    with pytest.raises(TascError, match="truncated or replaced|sha256"):
+        load_bundle(copy)  # the manifest catches the edit first...
+    bundle = load_bundle(copy, verify=False)
+    with open_backend(bundle, n_ctx=1024, n_threads=2) as target:
+        with pytest.raises(TascError, match="must share the target's tokenizer"):
+            open_drafter(bundle, "k48", target)  # ...and the drafter check without it
+        with pytest.raises(TascError, match="no drafter 'k7'"):
+            open_drafter(bundle, "k7", target)
+
+
+def test_kept_ids_cover_stop_tokens(bundle_path):
+    from tasc_edge.vocab_trim import KeptVocab
+
+    bundle = load_bundle(bundle_path)
+    with open_backend(bundle, n_ctx=1024, n_threads=2) as target:
+        kept = KeptVocab.load(bundle_path / "drafter" / "k48" / "kept.npz", target.tokenizer_hash)
+        assert set(target.stop_tokens) <= set(kept.ids.tolist())
+        assert np.all(np.diff(kept.ids) > 0)
