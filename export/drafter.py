@@ -31,7 +31,7 @@ from tasc_edge.errors import TascError, require
 class DrafterConfig:
     layers: int = 4  # decoder layers kept from the target (self-drafter)
     model: str | None = None  # a same-tokenizer HF checkpoint instead of the self-drafter
-    calib: str = "target"  # target | drafter | reference | raw (see tasc_edge.vocab_trim)
+    calib: str = "target"  # target | drafter | reference | raw, comma-separated for several
     top_k: tuple[int, ...] = ()  # one trimmed drafter per K
     coverage: float | None = 0.99  # ...or the fewest tokens covering this share of calib tokens
     untrimmed: bool = True  # also export the full-head drafter, the comparison point

@@ -73,27 +73,31 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
             del state[k]  # variants made from an older drafter
         save_state(state)
 
-    calib = {"target": generated, "reference": references,
-             "raw": [p + r for p, r in zip(prompts, references)]}.get(dcfg.calib)
-    if dcfg.calib == "drafter":
+    sources = {"target": generated, "reference": references,
+               "raw": [p + r for p, r in zip(prompts, references)]}
+    calibs = [c for c in dcfg.calib.split(",") if c]
+    if "drafter" in calibs:
         drafter = drafter or load_target(drafter_dir)
-        calib = drafter_generations(drafter, prompts, set(backend.stop_tokens), tables_cfg.max_new_tokens)
-    if calib is None:
-        raise TascError(f"unknown --calib {dcfg.calib!r}; choose target, drafter, reference or raw")
-    counts = token_counts(calib, backend.n_vocab)
+        sources["drafter"] = drafter_generations(drafter, prompts, set(backend.stop_tokens),
+                                                 tables_cfg.max_new_tokens)
     always = {*backend.stop_tokens, end}
     variants: dict[str, KeptVocab | None] = {"full": None} if dcfg.untrimmed else {}
-    for k in dcfg.top_k:
-        variants[f"k{k}"] = choose_kept(counts, backend.tokenizer_hash, dcfg.calib, top_k=k, always=always)
-    if not dcfg.top_k and dcfg.coverage is not None:
-        kept = choose_kept(counts, backend.tokenizer_hash, dcfg.calib, coverage=dcfg.coverage, always=always)
-        variants[f"k{kept.k}"] = kept
+    for calib in calibs:  # variant names: k<K> for target calibration, k<K>-<calib> otherwise
+        if calib not in sources:
+            raise TascError(f"unknown --calib {calib!r}; choose target, drafter, reference or raw")
+        counts = token_counts(sources[calib], backend.n_vocab)
+        suffix = "" if calib == "target" else f"-{calib}"
+        for k in dcfg.top_k:
+            variants[f"k{k}{suffix}"] = choose_kept(counts, backend.tokenizer_hash, calib, top_k=k, always=always)
+        if not dcfg.top_k and dcfg.coverage is not None:
+            kept = choose_kept(counts, backend.tokenizer_hash, calib, coverage=dcfg.coverage, always=always)
+            variants[f"k{kept.k}{suffix}"] = kept
 
     target_bytes = step_bytes(out / "model.onnx")
     entries, files = {}, []
     for variant, kept in variants.items():
         folder = out / "drafter" / variant
-        vkey = f"{key}|{dcfg.calib}|{quant}|{None if kept is None else kept.k}"
+        vkey = f"{key}|{quant}|{None if kept is None else (kept.calib, kept.k, kept.calib_tokens)}"
         if state.get(f"drafter:{variant}") != vkey or not (folder / "model.onnx").is_file():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
@@ -110,8 +114,9 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         bytes_ = step_bytes(folder / "model.onnx")
         entries[variant] = {
             "dir": f"drafter/{variant}", "k": None if kept is None else kept.k,
-            "coverage": 1.0 if kept is None else kept.coverage, "calib": dcfg.calib,
-            "calib_tokens": int(counts.sum()), "layers": dcfg.layers if not dcfg.model else None,
+            "coverage": 1.0 if kept is None else kept.coverage,
+            "calib": None if kept is None else kept.calib,
+            "calib_tokens": None if kept is None else kept.calib_tokens, "layers": dcfg.layers if not dcfg.model else None,
             "step_bytes": bytes_, "target_step_bytes": target_bytes, "c": bytes_ / target_bytes,
             "distill": state.get("distill"), "quant": quant}
         log(f"drafter {variant}: K={entries[variant]['k'] or backend.n_vocab}, coverage "

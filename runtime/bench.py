@@ -19,6 +19,12 @@ Methods:
   hf-plain       Hugging Face transformers generate() on the same GGUF in torch (fp32)
   hf-pld         transformers generate(prompt_lookup_num_tokens=10)
 
+VocabTrim drafters (ONNX bundles exported with --drafter-layers; VARIANT = full | k<K>):
+  model:VARIANT  the bundle's model drafter alone (full head, or trimmed to K target ids)
+  chained:VARIANT tasc-spec+gen n-grams first, the model drafter filling in after them
+  MBSU for these counts the drafter's reads: tokens / (target forwards + c * drafter steps),
+  c = drafter bytes per step / target bytes per step, from the manifest.
+
 Fixed-gamma sweep (`--gamma-sweep 1,2,4,8`, on the first `--sweep-rows` rows of each dataset):
   tasc-spec@G    TASC-spec drafting up to G tokens whenever the n-grams have a guess, with no
                  calibrated cut-off and no cost curve: tau as a function of gamma, for the plot
@@ -45,7 +51,8 @@ from tasc_edge.files import atomic_write_text, sha256_file
 from tasc_edge.ngram import NgramTable
 from tasc_edge.predict import measure_bandwidth
 from tasc_edge.runtime.llama_backend import KV_TYPES, LlamaCppBackend
-from tasc_edge.runtime.bundle import load_table, open_target
+from tasc_edge.model_drafter import ChainedDrafter, ModelDrafter
+from tasc_edge.runtime.bundle import load_table, open_drafter, open_target
 from tasc_edge.metrics import chrf, exact_match
 from tasc_edge.runtime.memory import RssSampler
 from tasc_edge.runtime.peers import PEER_BASELINE, load_peers, timed
@@ -67,8 +74,16 @@ def method_gamma(method: str) -> int | None:
     return int(method.split("@", 1)[1]) if "@" in method else None
 
 
+def drafter_variant(method: str) -> str | None:
+    """VARIANT for `model:VARIANT` / `chained:VARIANT`, None for every other method."""
+    kind, _, variant = method.partition(":")
+    return variant if kind in ("model", "chained") and variant else None
+
+
 def baseline_of(method: str) -> str:
-    return "plain" if method_gamma(method) is not None else BASELINE[method]
+    if method_gamma(method) is not None or drafter_variant(method) is not None:
+        return "plain"
+    return BASELINE[method]
 
 
 @dataclass
@@ -112,17 +127,18 @@ class RowRun:
     draft_s: float | None = None
     verify_s: float | None = None
     other_s: float | None = None
+    draft_steps: int | None = None  # model-drafter forwards (MBSU's gamma); None for n-grams
     error: str | None = None  # the method failed on this row (peers only); excluded from stats
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
-    unknown = [m for m in cfg.methods if m not in OUR_METHODS + PEER_METHODS]
+    unknown = [m for m in cfg.methods if m not in OUR_METHODS + PEER_METHODS and not drafter_variant(m)]
     if unknown:
         raise TascError(f"unknown method(s) {', '.join(unknown)}; choose from "
                         f"{', '.join(OUR_METHODS + PEER_METHODS)}")
     if cfg.repeats < 1 or any(g < 1 for g in cfg.gamma_sweep):
         raise TascError("--repeats and every --gamma-sweep value must be >= 1")
-    methods = list(dict.fromkeys([*cfg.methods, *(BASELINE[m] for m in cfg.methods)]))
+    methods = list(dict.fromkeys([*cfg.methods, *(baseline_of(m) for m in cfg.methods)]))
     sweep = [sweep_method(g) for g in cfg.gamma_sweep]
     if sweep and "plain" not in methods:
         methods.append("plain")  # the sweep's baseline
@@ -136,6 +152,10 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         backend.close()
         raise TascError("the llama-* and hf-* peers run GGUF models; with an ONNX bundle use "
                         "plain, plain-unpadded, pld, tasc-spec, tasc-spec+gen")
+    variants = sorted({v for m in methods if (v := drafter_variant(m))})
+    if variants and not onnx:
+        backend.close()
+        raise TascError("model:/chained: drafters need an ONNX --bundle exported with --drafter-layers")
     if "plain-unpadded" in methods and not onnx:
         backend.close()
         raise TascError("plain-unpadded exists for the ONNX backend only (--bundle of format onnx)")
@@ -153,6 +173,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             methods, model_path, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens,
             (KV_TYPES[backend.type_k], KV_TYPES[backend.type_v]))
         report["memory_mb"]["after_peers"] = memory.rss() / 1e6
+        model_drafters = {v: open_drafter(bundle, v, backend, n_threads=backend.n_threads) for v in variants}
+        report["drafters"] = {v: bundle.manifest["drafters"][v] for v in variants}
+        report["memory_mb"]["after_drafters"] = memory.rss() / 1e6
         curve = measure_cost_curve(backend, max_k=16)
         report["cost_curve"] = {"step_ms": curve.step_seconds * 1e3, "ratios": list(curve.ratios)}
         log(f"{model_path.name}: t(1) {curve.step_seconds * 1e3:.1f} ms, t(k)/t(1) "
@@ -165,9 +188,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         try:
             for name in cfg.datasets:
                 task = load_task(Path(cfg.data_root) / name)
-                drafters = _drafters(name, task, backend, cfg, methods + sweep, bundle)
-                table_bytes[name] = {m: d.task.nbytes for m, d in drafters.items()
-                                     if d is not None and d.task is not None}
+                drafters = _drafters(name, task, backend, cfg, methods + sweep, bundle, model_drafters)
+                table_bytes[name] = {m: t.nbytes for m, d in drafters.items()
+                                     if (t := _task_table_of(d)) is not None}
                 rows, prompts = [], []
                 for row in task.test:  # the first `limit` rows whose prompt fits the context
                     if len(rows) == cfg.limit:
@@ -205,7 +228,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             raise
         finally:
             restore()
-            for peer in peers.values():
+            for peer in [*peers.values(), *model_drafters.values()]:
                 peer.close()
             memory.stop()
     _finish(report, runs, cfg, curve, memory, table_bytes)
@@ -234,8 +257,10 @@ def _finish(report: dict, runs: list[RowRun], cfg: BenchConfig, curve: CostCurve
             memory: RssSampler, table_bytes: dict, final: bool = True) -> None:
     report["memory_mb"]["peak_by_method"] = {m: v / 1e6 for m, v in memory.peak.items()}
     report["table_bytes"] = table_bytes
+    c = {m: report["drafters"][v]["c"] for m in cfg.methods
+         if (v := drafter_variant(m)) and v in report.get("drafters", {})}
     report["results"] = summarise(runs, cfg.methods + [sweep_method(g) for g in cfg.gamma_sweep],
-                                  curve, report["memory_mb"]["peak_by_method"])
+                                  curve, report["memory_mb"]["peak_by_method"], c)
     report["finished" if final else "checkpoint"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if final:
         report.pop("partial", None)
@@ -255,7 +280,7 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
             return RowRun(dataset, row.id, m, [], 0.0, 0.0, 0.0, error=f"{type(e).__name__}: {e}")
         text = backend.detokenize(tokens)
         return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output), chrf(text, row.output))
-    gamma = method_gamma(m)
+    gamma, steps = method_gamma(m), None
     if m == "plain-unpadded":
         backend.min_rows = 1
         try:
@@ -265,11 +290,13 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
     elif gamma is not None:  # fixed length: no cost curve, the drafter's own cut-off disabled
         g = generate(backend, prompt, drafters[m], replace(gen_cfg, max_draft=gamma), None)
     else:
+        steps = getattr(drafters[m], "steps", None)
         g = generate(backend, prompt, drafters[m], gen_cfg, curve)
     s, text = g.stats, backend.detokenize(g.tokens)
+    draft_steps = None if gamma is not None or steps is None else drafters[m].steps - steps
     return RowRun(dataset, row.id, m, g.tokens, s.total_s, exact_match(text, row.output),
                   chrf(text, row.output), s.tau, s.drafted, s.accepted, s.target_forwards,
-                  s.forward_tokens, s.prefill_s, s.draft_s, s.verify_s, s.other_s)
+                  s.forward_tokens, s.prefill_s, s.draft_s, s.verify_s, s.other_s, draft_steps)
 
 
 def machine_info() -> dict:
@@ -303,8 +330,20 @@ def _exported_table(name: str, backend, cfg: BenchConfig, bundle) -> NgramTable:
     return NgramTable.load(Path(cfg.tables) / f"{name}.npz", backend.tokenizer_hash)
 
 
-def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bundle=None) -> dict:
+def _task_table_of(drafter) -> NgramTable | None:
+    ngram = getattr(drafter, "ngram", drafter)  # a chained drafter's n-gram part
+    return getattr(ngram, "task", None)
+
+
+def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bundle=None,
+              model_drafters: dict | None = None) -> dict:
     drafters: dict = {"plain": None, "plain-unpadded": None}
+    for m in methods:  # fresh per dataset (calibration starts over), sharing the loaded model
+        if (v := drafter_variant(m)) is not None:
+            base = model_drafters[v]
+            model = ModelDrafter(base.backend, base.n_vocab, base.kept, config=base.cfg)
+            drafters[m] = model if m.startswith("model:") else ChainedDrafter(
+                make_drafter("tasc-spec", _exported_table(name, backend, cfg, bundle)), model)
     if "pld" in methods:
         drafters["pld"] = make_drafter("pld", None)
     if "tasc-spec" in methods:
@@ -328,7 +367,7 @@ def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bu
 
 
 def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = None,
-              peak_mb: dict[str, float] | None = None) -> list[dict]:
+              peak_mb: dict[str, float] | None = None, drafter_c: dict[str, float] | None = None) -> list[dict]:
     """One entry per dataset x method. MBSU = tau / (gamma * c + 1) with c = 0 for n-gram
     drafters (no draft model is read), so MBSU = tau: the speed-up a perfectly memory-bound
     target would give. `speedup_predicted` replaces the flat curve by the measured t(k)/t(1).
@@ -336,7 +375,7 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
     method's model), `rss_delta_mb` that minus the peak while its baseline ran: what the
     drafter itself adds (tables, context index); peers' models are loaded up front and show
     in the report's `memory_mb` load phases instead."""
-    peak_mb = peak_mb or {}
+    peak_mb, drafter_c = peak_mb or {}, drafter_c or {}
     failed = [r for r in runs if r.error]
     by = {(r.dataset, r.row, r.method): r for r in runs if not r.error}
     results = []
@@ -359,6 +398,10 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
             accepted = sum(r.accepted or 0 for r in mine)
             forwards = sum(r.target_forwards or 0 for r in mine)
             tau = sum(len(r.tokens) for r in mine) / forwards if ours and forwards else None
+            steps = sum(r.draft_steps or 0 for r in mine)
+            # MBSU = tau / (gamma * c + 1), gamma = drafter steps per target forward
+            mbsu = (sum(len(r.tokens) for r in mine) / (forwards + drafter_c.get(m, 0.0) * steps)
+                    if ours and forwards else None)
             q1, q3 = np.percentile(ratios, [25, 75])
             entry = {
                 "dataset": dataset, "method": m, "baseline": base, "rows": len(pairs),
@@ -373,7 +416,9 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
                 "mean_tokens": statistics.fmean(len(r.tokens) for r in mine),
                 "exact_match": statistics.fmean(r.exact for r in mine),
                 "chrf": statistics.fmean(r.chrf for r in mine),
-                "tau_mean": tau, "mbsu": tau, "acceptance": accepted / drafted if drafted else None,
+                "tau_mean": tau, "mbsu": mbsu, "c": drafter_c.get(m, 0.0),
+                "draft_steps_per_forward": steps / forwards if ours and forwards else None,
+                "acceptance": accepted / drafted if drafted else None,
                 "mean_accepted_length": None, "drafted_wasted": None, "time_split": None,
                 "speedup_predicted": None, "gamma": method_gamma(m),
                 "peak_rss_mb": peak_mb.get(m),
@@ -404,14 +449,14 @@ def markdown(report: dict) -> str:
              f"Verify cost on this machine: t(1) = {curve.get('step_ms', 0):.1f} ms; t(k)/t(1) for "
              "k = 1.. = " + " ".join(f"{r:.2f}" for r in curve.get("ratios", [])), "",
              "| dataset | method | rows | identical | speed-up vs own plain, median [IQR] | "
-             "vs fastest plain | tau = MBSU | predicted from t(k) | acceptance | tok/s | exact | chrF | "
+             "vs fastest plain | tau | MBSU | predicted from t(k) | acceptance | tok/s | exact | chrF | "
              "peak RSS MB (+ over baseline) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(
             f"| {r['dataset']} | {r['method']} | {r['rows']} | {r['identical_rows']}/{r['rows']} | "
             f"{r['speedup_median']:.2f}x [{r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f}] | "
-            f"{r['speedup_vs_fastest_plain']:.2f}x ({r['fastest_plain']}) | {f(r['tau_mean'], '.2f')} | "
+            f"{r['speedup_vs_fastest_plain']:.2f}x ({r['fastest_plain']}) | {f(r['tau_mean'], '.2f')} | {f(r['mbsu'], '.2f')} | "
             f"{f(r['speedup_predicted'], '.2f')} | {f(r['acceptance'], '.2f')} | {r['tokens_per_s']:.1f} | "
             f"{r['exact_match']:.2f} | {r['chrf']:.1f} | {f(r.get('peak_rss_mb'), '.0f')} "
             f"({f(r.get('rss_delta_mb'), '+.1f')}) |")

@@ -98,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     vt.add_argument("--drafter-layers", type=int, default=0,
                     help="export a self-drafter: the target's first N layers, distilled, head trimmed")
     vt.add_argument("--drafter-model", help="a same-tokenizer HF checkpoint to use as the drafter instead")
-    vt.add_argument("--calib", default="target", choices=["target", "drafter", "reference", "raw"],
-                    help="calibration text for the kept vocabulary (target = its own generations)")
+    vt.add_argument("--calib", default="target",
+                    help="calibration text for the kept vocabulary, comma-separated for several: "
+                         "target (its own generations; variants k<K>), drafter, reference, raw "
+                         "(variants k<K>-<calib>)")
     vt.add_argument("--top-k", default="", help="comma-separated K values: one trimmed drafter each")
     vt.add_argument("--coverage", type=float, default=0.99,
                     help="without --top-k: keep the fewest tokens covering this share of calibration tokens")

@@ -64,7 +64,11 @@ class ModelDrafter:
             close()
 
     def begin(self, prompt: Sequence[int]) -> None:
+        # prefill now (timed with the target's prefill), and never trust `fed` across prompts:
+        # another drafter may share this backend; its prefill reuses the common prefix anyway
         self.committed = list(prompt)
+        self.backend.prefill(self.committed[:-1])
+        self.fed = self.committed[:-1]
 
     def update(self, draft: Draft, n_accepted: int, committed: Sequence[int]) -> None:
         judged = min(len(draft.tokens), n_accepted + 1)

@@ -5,6 +5,7 @@ run them against the ONNX target (exact), and refuse a drafter with another toke
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import shutil
 
 import numpy as np
@@ -30,14 +31,15 @@ def bundle_path(hf, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("vt") / "b"
     cfg = export_cfg(hf, out, "int4", train_limit=12, max_new_tokens=24)
     cfg.tables.corpus = "both"
-    cfg.drafter = DrafterConfig(layers=1, top_k=(48, 96), distill_steps=20)
+    cfg.drafter = DrafterConfig(layers=1, top_k=(48, 96), distill_steps=20, calib="target,raw")
     export_bundle(cfg, log=lambda *_: None)
     return out
 
 
 def test_manifest_lists_drafters_with_bytes_and_coverage(bundle_path):
     drafters = load_bundle(bundle_path).manifest["drafters"]
-    assert set(drafters) == {"full", "k48", "k96"}
+    assert set(drafters) == {"full", "k48", "k96", "k48-raw", "k96-raw"}
+    assert drafters["k48-raw"]["calib"] == "raw" and drafters["k48"]["calib"] == "target"
     full, k48, k96 = drafters["full"], drafters["k48"], drafters["k96"]
     assert full["k"] is None and k48["k"] >= 48 and k96["k"] >= 96
     # fewer head rows, fewer bytes per draft step; all of them cheaper than the target
@@ -94,3 +96,31 @@ def test_kept_ids_cover_stop_tokens(bundle_path):
         kept = KeptVocab.load(bundle_path / "drafter" / "k48" / "kept.npz", target.tokenizer_hash)
         assert set(target.stop_tokens) <= set(kept.ids.tolist())
         assert np.all(np.diff(kept.ids) > 0)
+
+
+def test_bench_runs_drafters_with_mbsu_counting_drafter_reads(bundle_path, tmp_path):
+    from importlib import resources
+
+    from tasc_edge.runtime.bench import BenchConfig, run_bench
+
+    demo = tmp_path / "data" / "demo"
+    demo.mkdir(parents=True)
+    for split in ("train", "test"):
+        (demo / f"{split}.jsonl").write_text(
+            resources.files("tasc_edge").joinpath(f"data/demo/{split}.jsonl").read_text())
+    cfg = BenchConfig(datasets=["demo"], data_root=str(tmp_path / "data"), limit=3, max_new_tokens=24,
+                      methods=["plain", "model:full", "model:k48", "chained:k48"], n_ctx=1024,
+                      threads=2, bundle=str(bundle_path), out=str(tmp_path / "out"))
+    report = run_bench(cfg, log=lambda *_: None)
+    by = {r["method"]: r for r in report["results"]}
+    drafters = load_bundle(bundle_path).manifest["drafters"]
+    for m in ("model:full", "model:k48", "chained:k48"):
+        r = by[m]
+        assert r["identical_rows"] == 3 and r["baseline"] == "plain"
+        assert r["c"] == drafters[m.split(":")[1]]["c"] > 0
+        # MBSU = tau / (gamma * c + 1) with gamma = drafter steps per target forward
+        assert r["mbsu"] == pytest.approx(r["tau_mean"] / (r["draft_steps_per_forward"] * r["c"] + 1))
+        assert r["draft_steps_per_forward"] > 0 and r["mbsu"] < r["tau_mean"]
+    assert by["plain"]["mbsu"] == by["plain"]["tau_mean"] == 1.0
+    with pytest.raises(TascError, match="no drafter"):
+        run_bench(replace(cfg, methods=["plain", "model:k5"]), log=lambda *_: None)
