@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,9 +23,13 @@ from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_text
 from tasc_edge.ngram import NgramTable
 from tasc_edge.runtime.llama_backend import LlamaCppBackend
-from tasc_edge.runtime.bundle import load_table, open_target
+from tasc_edge.model_drafter import ChainedDrafter
+from tasc_edge.runtime.bundle import load_table, open_drafter, open_target
 from tasc_edge.tasks import Task, build_task_table, load_task
 from tasc_edge.verify import SamplingConfig
+
+MODEL_METHODS = ("model", "chained")  # a bundle's VocabTrim drafter, alone or after the n-grams
+
 
 @dataclass
 class RunConfig:
@@ -42,6 +47,7 @@ class RunConfig:
     threads: int | None = None
     table: str | None = None  # prebuilt .npz (tasc-edge export); else built from train outputs
     bundle: str | None = None  # an exported bundle: its model, and its table for this task
+    drafter: str | None = None  # --method model|chained: the bundle's drafter variant (full, k<K>)
     max_order: int = 4
     max_draft: int = 12
     adaptive: bool = True  # draft length from the measured cost curve and calibrated confidence
@@ -119,17 +125,27 @@ def check_exact_batching(backend: LlamaCppBackend, k: int) -> None:
 
 
 def run_task(cfg: RunConfig, log=print) -> RunSummary:
-    if cfg.method not in METHODS:
-        raise TascError(f"unknown --method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.method not in (*METHODS, *MODEL_METHODS):
+        raise TascError(f"unknown --method {cfg.method!r}; choose one of "
+                        f"{', '.join((*METHODS, *MODEL_METHODS))}")
+    if cfg.method in MODEL_METHODS and not (cfg.bundle and cfg.drafter):
+        raise TascError(f"--method {cfg.method} needs --bundle (exported with --drafter-layers) "
+                        "and --drafter VARIANT (full, k<K>)")
     if cfg.max_new_tokens < 1:
         raise TascError("--max-new-tokens must be at least 1")
     task = load_task(cfg.task)
     rows = task.test[: cfg.limit] if cfg.limit else task.test
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
     backend, model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle)
-    with backend:
-        table = task_table(backend, task, cfg, bundle) if cfg.method == "tasc-spec" else None
-        drafter = make_drafter(cfg.method, table, NgramDraftConfig(max_order=cfg.max_order))
+    with backend, ExitStack() as stack:
+        table = task_table(backend, task, cfg, bundle) if cfg.method in ("tasc-spec", "chained") else None
+        if cfg.method in MODEL_METHODS:
+            model = open_drafter(bundle, cfg.drafter, backend, sampling, cfg.seed, cfg.threads)
+            stack.callback(model.close)
+            drafter = model if cfg.method == "model" else ChainedDrafter(
+                make_drafter("tasc-spec", table, NgramDraftConfig(max_order=cfg.max_order)), model)
+        else:
+            drafter = make_drafter(cfg.method, table, NgramDraftConfig(max_order=cfg.max_order))
         if drafter is not None and sampling.greedy and not cfg.allow_inexact:
             check_exact_batching(backend, cfg.max_draft + 1)
         curve = measure_cost_curve(backend, max_k=cfg.max_draft + 1)

@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="generate for a task's test prompts, measured against plain")
     run.add_argument("--task", default="demo",
                      help="`demo`, a directory with train.jsonl + test.jsonl, or a test .jsonl")
-    run.add_argument("--method", default="tasc-spec", choices=["plain", "pld", "tasc-spec"])
+    run.add_argument("--method", default="tasc-spec", choices=["plain", "pld", "tasc-spec", "model", "chained"],
+                     help="model / chained: the bundle's VocabTrim drafter alone / after the n-grams")
+    run.add_argument("--drafter", help="drafter variant in the bundle for --method model|chained "
+                                       "(full, k<K>; see its manifest)")
     run.add_argument("--limit", type=int, default=None, help="first N test rows")
     run.add_argument("--max-new-tokens", type=int, default=128)
     run.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -145,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed, model=args.model,
                     quant=args.quant, n_ctx=args.n_ctx, threads=args.threads, table=args.table,
                     max_draft=args.max_draft, adaptive=not args.fixed_gamma, bundle=args.bundle,
+                    drafter=args.drafter,
                     compare=not args.no_compare, allow_inexact=args.allow_inexact)
     summary = run_task(cfg)
     print()

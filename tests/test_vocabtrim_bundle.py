@@ -124,3 +124,15 @@ def test_bench_runs_drafters_with_mbsu_counting_drafter_reads(bundle_path, tmp_p
     assert by["plain"]["mbsu"] == by["plain"]["tau_mean"] == 1.0
     with pytest.raises(TascError, match="no drafter"):
         run_bench(replace(cfg, methods=["plain", "model:k5"]), log=lambda *_: None)
+
+
+def test_cli_run_with_the_bundle_drafter(bundle_path, capsys):
+    from tasc_edge.cli import main
+
+    base = ["run", "--bundle", str(bundle_path), "--task", "demo", "--limit", "3",
+            "--max-new-tokens", "24", "--n-ctx", "1024"]
+    assert main([*base, "--method", "chained", "--drafter", "k48"]) == 0
+    assert "3/3" in capsys.readouterr().out  # identical to plain on every row
+    assert main([*base, "--method", "model", "--drafter", "full", "--temperature", "0.8"]) == 0
+    assert main([*base, "--method", "model"]) == 2
+    assert "--drafter VARIANT" in capsys.readouterr().err
