@@ -79,7 +79,7 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
     if "drafter" in calibs:
         drafter = drafter or load_target(drafter_dir)
         sources["drafter"] = drafter_generations(drafter, prompts, set(backend.stop_tokens),
-                                                 tables_cfg.max_new_tokens)
+                                                 tables_cfg.max_new_tokens, log)
     always = {*backend.stop_tokens, end}
     variants: dict[str, KeptVocab | None] = {"full": None} if dcfg.untrimmed else {}
     for calib in calibs:  # variant names: k<K> for target calibration, k<K>-<calib> otherwise

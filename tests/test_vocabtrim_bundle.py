@@ -31,14 +31,14 @@ def bundle_path(hf, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("vt") / "b"
     cfg = export_cfg(hf, out, "int4", train_limit=12, max_new_tokens=24)
     cfg.tables.corpus = "both"
-    cfg.drafter = DrafterConfig(layers=1, top_k=(48, 96), distill_steps=20, calib="target,raw")
+    cfg.drafter = DrafterConfig(layers=1, top_k=(48, 96), distill_steps=20, calib="target,raw,drafter")
     export_bundle(cfg, log=lambda *_: None)
     return out
 
 
 def test_manifest_lists_drafters_with_bytes_and_coverage(bundle_path):
     drafters = load_bundle(bundle_path).manifest["drafters"]
-    assert set(drafters) == {"full", "k48", "k96", "k48-raw", "k96-raw"}
+    assert set(drafters) == {"full", "k48", "k96", "k48-raw", "k96-raw", "k48-drafter", "k96-drafter"}
     assert drafters["k48-raw"]["calib"] == "raw" and drafters["k48"]["calib"] == "target"
     full, k48, k96 = drafters["full"], drafters["k48"], drafters["k96"]
     assert full["k"] is None and k48["k"] >= 48 and k96["k"] >= 96
