@@ -37,17 +37,19 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
     prompts, generated, references = [], [], []
     for name, task in loaded:
         rows = task.train[: tables_cfg.train_limit] if tables_cfg.train_limit else task.train
-        ref = task_sequences([r.output for r in task.train], backend.tokenize, end)
+        with_output = [r for r in task.train if r.output.strip()]  # what task_sequences keeps
+        ref = task_sequences([r.output for r in with_output], backend.tokenize, end)
+        ref_by_id = dict(zip((r.id for r in with_output), ref))  # tokenized once, reused below
         table_path = work / f"{name}.npz"
         generated_corpus(backend, rows, NgramTable.build(ref, backend.tokenizer_hash, tables_cfg.max_order),
                          replace(tables_cfg, task=name), table_path, log)
         gens = _read_generated(table_path.with_name(table_path.name + ".generated.jsonl"),
                                backend.tokenizer_hash)
         for r in rows:
-            if r.id in gens:
+            if r.id in gens and r.id in ref_by_id:
                 prompts.append(backend.chat_prompt(r.prompt))
                 generated.append(gens[r.id])
-                references.append(task_sequences([r.output], backend.tokenize, end)[0])
+                references.append(ref_by_id[r.id])
 
     # the drafter network, distilled once (untrimmed); trimming below only drops head rows
     drafter_dir = work / "drafter-hf"

@@ -21,7 +21,7 @@ Methods:
 
 VocabTrim drafters (ONNX bundles exported with --drafter-layers; VARIANT = full | k<K>):
   model:VARIANT  the bundle's model drafter alone (full head, or trimmed to K target ids)
-  chained:VARIANT tasc-spec+gen n-grams first, the model drafter filling in after them
+  chained:VARIANT tasc-spec+gen n-grams first, the model drafter only where they have no draft
   MBSU for these counts the drafter's reads: tokens / (target forwards + c * drafter steps),
   c = drafter bytes per step / target bytes per step, from the manifest.
 
@@ -340,25 +340,30 @@ def _task_table_of(drafter) -> NgramTable | None:
 def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bundle=None,
               model_drafters: dict | None = None) -> dict:
     drafters: dict = {"plain": None, "plain-unpadded": None}
+    loaded: list[NgramTable] = []
+
+    def exported() -> NgramTable:  # read once per dataset, shared by every drafter using it
+        if not loaded:
+            loaded.append(_exported_table(name, backend, cfg, bundle))
+        return loaded[0]
+
     for m in methods:  # fresh per dataset (calibration starts over), sharing the loaded model
         if drafter_variant(m) is not None:
             base = model_drafters[m]
             model = ModelDrafter(base.backend, base.n_vocab, base.kept, config=base.cfg)
             drafters[m] = model if m.startswith("model:") else ChainedDrafter(
-                make_drafter("tasc-spec", _exported_table(name, backend, cfg, bundle)), model)
+                make_drafter("tasc-spec", exported()), model)
     if "pld" in methods:
         drafters["pld"] = make_drafter("pld", None)
     if "tasc-spec" in methods:
         drafters["tasc-spec"] = make_drafter("tasc-spec", reference_table(backend, task))
     if "tasc-spec+gen" in methods:
-        drafters["tasc-spec+gen"] = make_drafter("tasc-spec", _exported_table(name, backend, cfg, bundle))
+        drafters["tasc-spec+gen"] = make_drafter("tasc-spec", exported())
     sweep = [m for m in methods if method_gamma(m) is not None]
     if sweep:  # the sweep uses the best table at hand: the exported one, else the reference one
-        # (tables are read-only: a drafter above already holding it shares it, not a reload)
-        if "tasc-spec+gen" in drafters:
-            table = drafters["tasc-spec+gen"].task
-        elif cfg.tables or bundle:
-            table = _exported_table(name, backend, cfg, bundle)
+        # (tables are read-only: every drafter shares the one loaded copy)
+        if "tasc-spec+gen" in drafters or cfg.tables or bundle:
+            table = exported()
         elif "tasc-spec" in drafters:
             table = drafters["tasc-spec"].task
         else:

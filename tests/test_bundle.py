@@ -167,17 +167,22 @@ def test_cli_run_on_a_bundle(bundles, capsys):
     assert code == 0 and "3/3" in out
 
 
-def test_bench_on_an_onnx_bundle(bundles, tmp_path):
+def demo_data_root(tmp_path: Path) -> Path:
+    """A datasets folder holding the packaged demo task, laid out like ../shared/datasets."""
     from importlib import resources
-
-    from tasc_edge.runtime.bench import BenchConfig, run_bench
 
     demo = tmp_path / "data" / "demo"
     demo.mkdir(parents=True)
     for split in ("train", "test"):
         (demo / f"{split}.jsonl").write_text(
             resources.files("tasc_edge").joinpath(f"data/demo/{split}.jsonl").read_text())
-    cfg = BenchConfig(datasets=["demo"], data_root=str(tmp_path / "data"), limit=3, max_new_tokens=24,
+    return demo.parent
+
+
+def test_bench_on_an_onnx_bundle(bundles, tmp_path):
+    from tasc_edge.runtime.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(datasets=["demo"], data_root=str(demo_data_root(tmp_path)), limit=3, max_new_tokens=24,
                       methods=["plain", "plain-unpadded", "tasc-spec+gen"], n_ctx=1024, threads=2,
                       bundle=str(bundles["int4"]), out=str(tmp_path / "out"))
     report = run_bench(cfg, log=lambda *_: None)

@@ -23,7 +23,7 @@ from tasc_edge.export.drafter import DrafterConfig  # noqa: E402
 from tasc_edge.model_drafter import ChainedDrafter  # noqa: E402
 from tasc_edge.runtime.bundle import load_bundle, load_table, open_backend, open_drafter  # noqa: E402
 from tasc_edge.tasks import load_task  # noqa: E402
-from test_bundle import export_cfg, hf  # noqa: E402,F401  (module fixture)
+from test_bundle import demo_data_root, export_cfg, hf  # noqa: E402,F401  (module fixture)
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +99,9 @@ def test_kept_ids_cover_stop_tokens(bundle_path):
 
 
 def test_bench_runs_drafters_with_mbsu_counting_drafter_reads(bundle_path, tmp_path):
-    from importlib import resources
-
     from tasc_edge.runtime.bench import BenchConfig, run_bench
 
-    demo = tmp_path / "data" / "demo"
-    demo.mkdir(parents=True)
-    for split in ("train", "test"):
-        (demo / f"{split}.jsonl").write_text(
-            resources.files("tasc_edge").joinpath(f"data/demo/{split}.jsonl").read_text())
-    cfg = BenchConfig(datasets=["demo"], data_root=str(tmp_path / "data"), limit=3, max_new_tokens=24,
+    cfg = BenchConfig(datasets=["demo"], data_root=str(demo_data_root(tmp_path)), limit=3, max_new_tokens=24,
                       methods=["plain", "model:full", "model:k48", "chained:k48"], n_ctx=1024,
                       threads=2, bundle=str(bundle_path), out=str(tmp_path / "out"))
     report = run_bench(cfg, log=lambda *_: None)
