@@ -27,6 +27,8 @@ llama-cpp-python's own prefix reuse changed a greedy snips output from 128 token
 
 from __future__ import annotations
 
+import ctypes
+
 import hashlib
 import os
 from pathlib import Path
@@ -146,7 +148,17 @@ class LlamaCppBackend:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
+        # not llm.detokenize: llama-cpp-python reads each piece into a 32-byte buffer and
+        # silently drops longer ones - TASC-ft's added tokens (e.g. '", "quantity": ') among them
+        out = bytearray()
+        buf = ctypes.create_string_buffer(64)
+        for t in tokens:
+            n = self._lib.llama_token_to_piece(self._vocab, int(t), buf, len(buf), 0, False)
+            if n < 0:  # -n = the size it needs
+                buf = ctypes.create_string_buffer(-n)
+                n = self._lib.llama_token_to_piece(self._vocab, int(t), buf, len(buf), 0, False)
+            out += buf.raw[:n]
+        return out.decode("utf-8", errors="replace")
 
     def token_text(self, token: int) -> str:
         return self._lib.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")

@@ -113,7 +113,50 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tokens per distillation sequence (big vocabularies: fewer, to bound memory)")
     vt.add_argument("--no-untrimmed", action="store_true", help="skip the full-head drafter")
     _add_model_args(exp)
+    _add_ft_parser(sub)
     return ap
+
+
+def _add_ft_parser(sub) -> None:
+    ft = sub.add_parser("ft", help="TASC-ft: vocabulary expansion and fine-tuning (workstation side)")
+    ftsub = ft.add_subparsers(dest="ft_command", required=True)
+    ex = ftsub.add_parser("expand", help="add the task's frequent output n-grams as new tokens")
+    ex.add_argument("--task", required=True, help="task directory (its train.jsonl outputs)")
+    ex.add_argument("--out", required=True, help="HF checkpoint folder to write")
+    ex.add_argument("--model", help="HF checkpoint folder or .gguf (default: packaged SmolLM2)")
+    ex.add_argument("--budget", type=int, default=300, help="new tokens in total")
+    ex.add_argument("--per-round", type=int, default=50, help="new tokens added per round")
+    ex.add_argument("--max-n", type=int, default=8, help="longest token n-gram scored per round")
+    ex.add_argument("--min-count", type=int, default=8)
+    ex.add_argument("--train-limit", type=int, default=None)
+    tr = ftsub.add_parser("train", help="LoRA + new-row fine-tuning through accelerate "
+                                        "(`accelerate launch -m tasc_edge.cli ft train ...` scales out)")
+    tr.add_argument("--task", required=True)
+    tr.add_argument("--out", required=True, help="merged HF checkpoint folder (re-run to resume)")
+    tr.add_argument("--model", help="HF folder (e.g. from `ft expand`) or .gguf (default: SmolLM2)")
+    tr.add_argument("--steps", type=int, default=200)
+    tr.add_argument("--batch-size", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=3e-4)
+    tr.add_argument("--embed-lr", type=float, default=5e-3, help="learning rate of the new token rows")
+    tr.add_argument("--lora-r", type=int, default=16)
+    tr.add_argument("--max-len", type=int, default=512)
+    tr.add_argument("--train-limit", type=int, default=None)
+    tr.add_argument("--save-every", type=int, default=50)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    tr.add_argument("--stop-after", type=int, default=None,
+                    help="end this run after N steps, checkpointed (a re-run resumes)")
+    be = ftsub.add_parser("bench", help="base / fine-tuned / expanded bundles side by side, "
+                                        "plain and TASC-spec, on one task's test rows")
+    be.add_argument("--task", required=True)
+    be.add_argument("--bundles", nargs="+", required=True, metavar="NAME=BUNDLE",
+                    help="e.g. base=b/base ft=b/e2e-ft ftx=b/e2e-ftx")
+    be.add_argument("--baseline", default="ft", help="model whose plain run is the speed baseline")
+    be.add_argument("--methods", default="plain,tasc-spec")
+    be.add_argument("--limit", type=int, default=50)
+    be.add_argument("--max-new-tokens", type=int, default=128)
+    be.add_argument("--threads", type=int, default=None)
+    be.add_argument("--out", default="ft-bench-out")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             return _bench(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "ft":
+            return _ft(args)
     except TascError as e:
         print(f"tasc-edge: error: {e}", file=sys.stderr)
         return 2
@@ -226,6 +271,36 @@ def _export(args: argparse.Namespace) -> int:
                                 gguf_quant=args.quant, tables=cfg, drafter=drafter)
     for out in export_bundle(bundle):
         print(f"bundle written: {out}")
+    return 0
+
+
+def _ft(args: argparse.Namespace) -> int:
+    if args.ft_command == "expand":
+        from tasc_edge.export.ft_expand import ExpandConfig, run_expand
+
+        run_expand(ExpandConfig(task=args.task, out=args.out, model=args.model, budget=args.budget,
+                                per_round=args.per_round, max_n=args.max_n, min_count=args.min_count,
+                                train_limit=args.train_limit))
+    elif args.ft_command == "train":
+        from tasc_edge.export.ft_train import TrainConfig, run_train
+
+        run_train(TrainConfig(task=args.task, out=args.out, model=args.model, steps=args.steps,
+                              batch_size=args.batch_size, lr=args.lr, embed_lr=args.embed_lr,
+                              lora_r=args.lora_r, lora_alpha=2 * args.lora_r, max_len=args.max_len,
+                              train_limit=args.train_limit, save_every=args.save_every, seed=args.seed,
+                              mixed_precision=args.mixed_precision, stop_after=args.stop_after))
+    else:
+        from tasc_edge.runtime.ft_bench import FtBenchConfig, ft_markdown, run_ft_bench
+
+        bundles = dict(b.split("=", 1) for b in args.bundles if "=" in b)
+        if len(bundles) != len(args.bundles):
+            raise TascError("--bundles takes NAME=FOLDER pairs, e.g. ft=bundles/e2e-ft")
+        report = run_ft_bench(FtBenchConfig(
+            task=args.task, bundles=bundles, baseline=args.baseline,
+            methods=[m for m in args.methods.split(",") if m], limit=args.limit,
+            max_new_tokens=args.max_new_tokens, threads=args.threads, out=args.out))
+        print(ft_markdown(report))
+        print(f"report written to {args.out}/ft-bench.json and ft-bench.md")
     return 0
 
 
