@@ -126,6 +126,21 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def valid_draft(draft: Draft, room: int, n_vocab: int | None) -> Draft:
+    """A drafter's proposal cut to what the loop may verify: at most `room` tokens (never past
+    the context or the token budget), ending before the first id the target does not have, one
+    confidence per token. A buggy drafter costs speed, never a crash or a wrong token."""
+    n = min(len(draft.tokens), max(room, 0))
+    for i, t in enumerate(draft.tokens[:n]):
+        if not 0 <= int(t) < (n_vocab if n_vocab is not None else 1 << 62):
+            n = i
+            break
+    if draft.probs is not None and len(draft.probs) < n:
+        n = len(draft.probs)
+    conf = [float(c) for c in draft.confidence[:n]] + [0.0] * (n - len(draft.confidence[:n]))
+    return Draft([int(t) for t in draft.tokens[:n]], conf, None if draft.probs is None else draft.probs[:n])
+
+
 def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = None,
              config: GenerateConfig | None = None, cost: CostCurve | None = None,
              rng: np.random.Generator | None = None) -> Generation:
@@ -153,7 +168,8 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
         t0 = time.perf_counter()
         draft = Draft()
         if drafter is not None:
-            draft = drafter.draft(min(cfg.max_draft, limit - len(out) - 1))
+            room = min(cfg.max_draft, limit - len(out) - 1)
+            draft = valid_draft(drafter.draft(room), room, getattr(backend, "n_vocab", None))
             d = best_draft_length(draft.confidence, cost) if cost is not None else len(draft.tokens)
             # a backend that computes at least `min_rows` rows per forward anyway (ONNX pads
             # one-token forwards to stay bit-exact) verifies that many drafts for free

@@ -154,3 +154,25 @@ def test_ft_bench_tasc_spec_on_the_expanded_model_is_exact(hf, expanded, tmp_pat
         assert by[(name, "tasc-spec")]["identical_rows"] == 4
     assert by[("base", "plain")]["speedup_vs_baseline"] == pytest.approx(1.0)
     assert (tmp_path / "rep" / "ft-bench.md").is_file()
+
+
+def test_expanded_model_exports_to_onnx_with_its_tokenizer_and_runs_exact(expanded, tmp_path):
+    from tasc_edge.decode import GenerateConfig, generate
+    from tasc_edge.drafters import make_drafter
+
+    tables = ExportTablesConfig(task="", out="", corpus="reference", n_ctx=1024)
+    export_bundle(ExportBundleConfig(tasks=["demo"], out=str(tmp_path / "onnx"), model=str(expanded),
+                                     format="onnx", onnx_quant="int4", tables=tables), log=QUIET)
+    bundle = load_bundle(tmp_path / "onnx")
+    tok = tokenizers.Tokenizer.from_file(str(expanded / "tokenizer.json"))
+    with open_backend(bundle, n_ctx=1024, n_threads=2) as b:
+        assert bundle.manifest["tokenizer_hash"] == b.tokenizer_hash
+        assert b.n_vocab == tok.get_vocab_size()
+        for text in OUTPUTS[:50]:
+            assert b.detokenize(b.tokenize(text)) == text
+            assert b.tokenize(text) == tok.encode(text, add_special_tokens=False).ids
+        drafter = make_drafter("tasc-spec", load_table(bundle, "demo", b.tokenizer_hash))
+        for row in load_task("demo").test[:3]:
+            prompt = b.chat_prompt(row.prompt)
+            cfg = GenerateConfig(24, 8, stop_tokens=b.stop_tokens)
+            assert generate(b, prompt, drafter, cfg).tokens == generate(b, prompt, None, cfg).tokens
