@@ -7,7 +7,16 @@ existing token sequence, added with the `tokenizers` API as a literal (non-norma
 `AddedToken`: the tokenizer matches it in raw text before BPE, and decoding emits its text
 verbatim, so decode(encode(x)) == x is unchanged (checked on every train output each round).
 
-Two details keep that true for byte-level BPE vocabularies (GPT-2 style, SmolLM2):
+Two new tokens that can match overlapping spans of the same text are never both added (see
+`overlaps`): llama.cpp and `tokenizers` break such ties differently.
+
+A literal token is matched wherever its text occurs - in prompts too - so a careless one
+mangles the words around it (", a" turns ", area[" into ", a" + "rea"). Candidates therefore
+respect word boundaries: none ends in whitespace (GPT-2-style BPE gives the space to the next
+word), and one that would cut a word in more than `max_split` of its occurrences in the
+outputs and prompts (" in the rivers" + "ide") is skipped.
+
+Two details keep decoding exact for byte-level BPE vocabularies (GPT-2 style, SmolLM2):
   * only ASCII candidates: a byte-level decoder maps Latin-1 characters of an added token's
     text to single bytes, which would corrupt "é" in a literal added token;
   * the decoder becomes plain per-token ByteLevel: the GGUF-derived tokenizers fuse all tokens
@@ -21,6 +30,7 @@ parts' rows (`init_new_rows`), then `tasc-edge ft train` teaches the model to us
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +50,7 @@ class ExpandConfig:
     per_round: int = 50  # new tokens per round
     max_n: int = 8  # longest token n-gram considered per round (rounds compound: n-grams of new tokens)
     min_count: int = 8  # an n-gram seen fewer times is not worth a vocabulary row
+    max_split: float = 0.05  # skip a candidate cutting a word in more than this share of its matches
     train_limit: int | None = None  # first N train rows (None = all)
 
 
@@ -71,7 +82,9 @@ def expanded_tokenizer(base_json: str, added: Sequence[str]):
     return tok
 
 
-def expand_vocabulary(base_json: str, outputs: Sequence[str], cfg: ExpandConfig, log=print) -> Expansion:
+def expand_vocabulary(base_json: str, outputs: Sequence[str], cfg: ExpandConfig, log=print,
+                      prompts: Sequence[str] = ()) -> Expansion:
+    """`prompts`: other text the tokenizer will see (the task's prompts), for the word-cut test."""
     if not outputs:
         raise TascError(f"{cfg.task}: no train outputs to expand the vocabulary from")
     if cfg.budget < 1 or cfg.per_round < 1 or cfg.max_n < 2:
@@ -81,11 +94,14 @@ def expand_vocabulary(base_json: str, outputs: Sequence[str], cfg: ExpandConfig,
     base_total = sum(len(e.ids) for e in base.encode_batch(list(outputs), add_special_tokens=False))
     exp = Expansion(base_vocab)
     tok = base
+    corpus = "\n".join([*outputs, *prompts[:2000]])
     log(f"base: {base_total / len(outputs):.2f} tokens per output ({len(outputs)} outputs)")
     while len(exp.tokens) < cfg.budget:
         seqs = [e.ids for e in tok.encode_batch(list(outputs), add_special_tokens=False)]
         want = min(cfg.per_round, cfg.budget - len(exp.tokens))
-        chosen = best_ngrams(seqs, tok, set(exp.tokens), want, cfg.max_n, cfg.min_count)
+        chosen = best_ngrams(seqs, tok, set(exp.tokens), want, cfg.max_n, cfg.min_count,
+                             lambda t, picks: cuts_words(t, corpus) <= cfg.max_split
+                             and not overlaps(t, [*exp.tokens, *picks], corpus))
         if not chosen:
             log("no n-gram left above --min-count: stopping early")
             break
@@ -101,7 +117,7 @@ def expand_vocabulary(base_json: str, outputs: Sequence[str], cfg: ExpandConfig,
 
 
 def best_ngrams(seqs: list[list[int]], tok, taken: set[str], want: int, max_n: int,
-                min_count: int) -> list[str]:
+                min_count: int, keep=lambda text, picks: True) -> list[str]:
     """The `want` best new token texts: count x (n - 1), distinct texts, none containing or
     contained in another pick of the same round (that one is re-scored next round instead)."""
     counts: Counter[tuple[int, ...]] = Counter()
@@ -115,19 +131,43 @@ def best_ngrams(seqs: list[list[int]], tok, taken: set[str], want: int, max_n: i
         if c < min_count:
             continue
         text = tok.decode(list(gram), skip_special_tokens=False)
-        if not text or not text.isascii() or text in taken or not text.strip():
+        if not text or not text.isascii() or text in taken or not text.strip() or text[-1].isspace():
             continue
         if specials.intersection(gram):
             continue
         scored[text] = max(scored.get(text, 0), c * (len(gram) - 1))
     picks: list[str] = []
     for text, _ in sorted(scored.items(), key=lambda kv: (-kv[1], kv[0])):
-        if any(text in p or p in text for p in picks):
+        if any(text in p or p in text for p in picks) or not keep(text, picks):
             continue
         picks.append(text)
         if len(picks) == want:
             break
     return picks
+
+
+def cuts_words(text: str, corpus: str) -> float:
+    """Share of `text`'s matches in `corpus` that start or end inside a word."""
+    head = r"(?<=[A-Za-z0-9])" if text[0].isalnum() else r"(?!)"
+    tail = r"(?=[A-Za-z0-9])" if text[-1].isalnum() else r"(?!)"
+    esc = re.escape(text)
+    total = len(re.findall(esc, corpus))
+    if not total:
+        return 0.0
+    cut = len(re.findall(f"{head}{esc}|{esc}{tail}", corpus))
+    return cut / total
+
+
+def overlaps(text: str, others: Sequence[str], corpus: str) -> bool:
+    """Could `text` and another new token match overlapping spans of real text? Tokenizers
+    resolve that differently - `tokenizers` takes the leftmost match, llama.cpp the longest
+    token first - so such a pair would make the GGUF bundle tokenize unlike the training data."""
+    for o in others:
+        for a, b in ((text, o), (o, text)):
+            for k in range(1, min(len(a), len(b))):
+                if a.endswith(b[:k]) and a + b[k:] in corpus:
+                    return True
+    return False
 
 
 def check_round_trip(tok, outputs: Sequence[str]) -> int:
@@ -186,7 +226,8 @@ def run_expand(cfg: ExpandConfig, log=print) -> Path:
     source = hf_source(cfg.model, out.parent / f".{out.name}.work", log)
     rows = train_rows(cfg.task, cfg.train_limit)
     hf_tok = transformers.AutoTokenizer.from_pretrained(source)
-    exp = expand_vocabulary(hf_tok.backend_tokenizer.to_str(), [r.output for r in rows], cfg, log)
+    exp = expand_vocabulary(hf_tok.backend_tokenizer.to_str(), [r.output for r in rows], cfg, log,
+                            [r.prompt for r in rows])
     if len(hf_tok) != exp.base_vocab:
         raise TascError(f"{source}: tokenizer has {len(hf_tok)} tokens but its vocabulary {exp.base_vocab}")
     base_tok = expanded_tokenizer(hf_tok.backend_tokenizer.to_str(), [])

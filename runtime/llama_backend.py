@@ -167,6 +167,10 @@ class LlamaCppBackend:
         """The GGUF's own chat template around one user turn, ready for generation."""
         return self._render([{"role": "user", "content": user_message}], add_generation_prompt=True)
 
+    def chat_messages(self, messages: list[dict]) -> list[int]:
+        """A whole conversation in the chat template, ready for the assistant's turn."""
+        return self._render(messages, add_generation_prompt=True)
+
     def end_of_turn(self) -> int:
         """The token closing an assistant turn in the GGUF's template (else the vocab's EOS)."""
         token = end_of_turn_token(self._render, self.stop_tokens)

@@ -148,6 +148,9 @@ class OnnxBackend:
     def chat_prompt(self, user_message: str) -> list[int]:
         return self.tokenizer.render([{"role": "user", "content": user_message}], add_generation_prompt=True)
 
+    def chat_messages(self, messages: list[dict]) -> list[int]:
+        return self.tokenizer.render(messages, add_generation_prompt=True)
+
     def end_of_turn(self) -> int:
         """The token closing an assistant turn in the template (else the lowest EOS id)."""
         token = end_of_turn_token(self.tokenizer.render, self.stop_tokens)

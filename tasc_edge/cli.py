@@ -114,6 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     vt.add_argument("--no-untrimmed", action="store_true", help="skip the full-head drafter")
     _add_model_args(exp)
     _add_ft_parser(sub)
+    srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server on 127.0.0.1 (serve extra)")
+    srv.add_argument("--bundle", help="an exported bundle (model + task tables)")
+    srv.add_argument("--task", help="the bundle task whose table drafts, or a task folder")
+    srv.add_argument("--method", default="tasc-spec", choices=["tasc-spec", "pld", "plain"])
+    srv.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default): this device only")
+    srv.add_argument("--port", type=int, default=8080)
+    srv.add_argument("--max-body", type=int, default=256 * 1024, help="bytes per request")
+    srv.add_argument("--max-tokens-cap", type=int, default=1024)
+    srv.add_argument("--queue", type=int, default=16, help="requests allowed to wait; more get 503")
+    srv.add_argument("--load-test", type=int, default=0, metavar="N",
+                     help="instead of serving: start on a free loopback port, send N chat requests "
+                          "(the task's test prompts), print requests/s and latency, exit")
+    srv.add_argument("--concurrency", type=int, default=4)
+    srv.add_argument("--load-max-tokens", type=int, default=64)
+    srv.add_argument("--json", dest="json_path", help="write the load-test result here")
+    _add_model_args(srv)
     return ap
 
 
@@ -164,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = build_parser().parse_args(argv)
     try:
-        needs_llama = (args.command in ("run", "bench") and not args.bundle) or (
+        needs_llama = (args.command in ("run", "bench", "serve") and not args.bundle) or (
             args.command == "export" and args.format != "onnx")
         if needs_llama:
             require("llama_cpp", "runtime")  # one line naming the extra, not a traceback
@@ -178,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "ft":
             return _ft(args)
+        if args.command == "serve":
+            return _serve(args)
     except TascError as e:
         print(f"tasc-edge: error: {e}", file=sys.stderr)
         return 2
@@ -272,6 +290,36 @@ def _export(args: argparse.Namespace) -> int:
     for out in export_bundle(bundle):
         print(f"bundle written: {out}")
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    require("starlette", "serve")
+    from tasc_edge.runtime.serve import ServeConfig, serve
+
+    cfg = ServeConfig(bundle=args.bundle, model=args.model, quant=args.quant, task=args.task,
+                      method=args.method, host=args.host, port=args.port, n_ctx=args.n_ctx,
+                      threads=args.threads, max_body=args.max_body, max_tokens_cap=args.max_tokens_cap,
+                      queue=max(args.queue, args.concurrency if args.load_test else 0))
+    if not args.load_test:
+        serve(cfg)
+        return 0
+    import json
+
+    from tasc_edge.runtime.serve import Engine, build_app
+    from tasc_edge.runtime.serve_load import ServerThread, as_dict, format_load, load_test
+    from tasc_edge.tasks import load_task
+
+    prompts = [r.prompt for r in load_task(args.task if args.task and not args.bundle else "demo").test]
+    engine = Engine(cfg)
+    try:
+        with ServerThread(build_app(engine)) as server:
+            result = load_test(server.url, prompts, args.load_test, args.concurrency, args.load_max_tokens)
+    finally:
+        engine.close()
+    print(format_load(result))
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(as_dict(result), indent=1) + "\n")
+    return 0 if result.errors == 0 else 1
 
 
 def _ft(args: argparse.Namespace) -> int:

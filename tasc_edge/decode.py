@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -143,9 +143,11 @@ def valid_draft(draft: Draft, room: int, n_vocab: int | None) -> Draft:
 
 def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = None,
              config: GenerateConfig | None = None, cost: CostCurve | None = None,
-             rng: np.random.Generator | None = None) -> Generation:
+             rng: np.random.Generator | None = None,
+             on_tokens: Callable[[list[int]], bool] | None = None) -> Generation:
     """Greedy output is token-for-token that of plain greedy decoding, whatever the drafter;
-    sampled output follows the target distribution exactly (see verify.py)."""
+    sampled output follows the target distribution exactly (see verify.py). `on_tokens` sees
+    each batch of committed tokens as it lands (streaming); returning True stops there."""
     cfg = config or GenerateConfig()
     if not prompt:
         raise TascError("empty prompt: the chat template should give at least one token")
@@ -197,6 +199,8 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
                 break
         out.extend(new)
         stats.generated += len(new)
+        if on_tokens is not None and new and on_tokens(new):
+            finish = "stop"
         if finish == "stop":
             break
         if drafter is not None:

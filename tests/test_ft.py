@@ -78,6 +78,16 @@ def test_new_rows_start_as_the_mean_of_their_parts(hf, expanded):
         assert torch.allclose(new[len(old) + j], old[parts].mean(0))
 
 
+def test_new_tokens_respect_word_boundaries(expanded):
+    from tasc_edge.export.ft_expand import cuts_words
+
+    assert cuts_words(", a", "x, area[1], a b") == 0.5  # ", a" inside ", area" cuts the word
+    assert cuts_words(" coffee shop", "a coffee shop. a coffee shops") == 0.5
+    assert cuts_words('": "', '{"a": "b"}') == 0.0
+    for text in json.loads((expanded / "expansion.json").read_text())["tokens"]:
+        assert not text[-1].isspace()  # the next word keeps its leading space
+
+
 def test_expansion_refuses_an_empty_corpus():
     with pytest.raises(TascError, match="no train outputs"):
         expand_vocabulary("{}", [], ExpandConfig(task="t", out="o"))
