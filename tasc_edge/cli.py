@@ -6,6 +6,7 @@ Bad input raises TascError anywhere below; here it becomes one line on stderr an
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -200,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tasc-edge: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("tasc-edge: interrupted", file=sys.stderr)
+        print("tasc-edge: interrupted (re-run the same command: finished steps are kept)", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full, permissions, a vanished file: the environment, not a bug
+        hint = " - free some space and re-run: finished steps are kept" if e.errno == errno.ENOSPC else ""
+        print(f"tasc-edge: error: {e.strerror or e}: {e.filename or ''}{hint}", file=sys.stderr)
+        return 2
     return 1
 
 
@@ -240,6 +245,10 @@ def _bench(args: argparse.Namespace) -> int:
     report = run_bench(cfg)
     print(markdown(report))
     print(f"report written to {cfg.out}/bench.json and bench.md")
+    if report.get("interrupted"):
+        print(f"tasc-edge: interrupted: {cfg.out}/bench.json holds the rows that finished, marked "
+              "interrupted", file=sys.stderr)
+        return 130
     if not args.no_plots:
         from tasc_edge.runtime.report import write_plots
 
@@ -253,8 +262,11 @@ def _bench(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from tasc_edge.runtime.report import run_report
 
+    from tasc_edge.predict import load_profile
     from tasc_edge.runtime.report import load_report, merge_reports, update_readme
 
+    if args.device != "auto":
+        load_profile(args.device)  # an unknown name fails before any report is read
     report = merge_reports([load_report(b) for b in args.bench])
     print(run_report(report, args.device, args.out, args.plots))
     if args.readme:

@@ -45,9 +45,16 @@ def test_gguf_bundle_round_trip_and_refusals(tmp_path):
 
 
 def test_hf_checkpoint_to_gguf_says_what_to_do(tmp_path):
+    """Llama-family checkpoints are written by export/gguf_write.py (tested in test_ft); an
+    empty folder or another architecture gets one line saying what to do instead."""
+    import json
+
     (tmp_path / "hf").mkdir()
     cfg = ExportBundleConfig(tasks=["demo"], out=str(tmp_path / "b"), model=str(tmp_path / "hf"),
                              format="gguf")
+    with pytest.raises(TascError, match="no config.json"):
+        export_bundle(cfg, log=lambda *_: None)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "gemma3"}))
     with pytest.raises(TascError, match="convert_hf_to_gguf.py"):
         export_bundle(cfg, log=lambda *_: None)
     assert not (tmp_path / "b" / "manifest.json").exists()
