@@ -63,7 +63,8 @@ def run_train(cfg: TrainConfig, log=print) -> Path:
     out = Path(cfg.out)
     ckpts = out.parent / f".{out.name}.ckpt"
     acc = accelerate.Accelerator(mixed_precision=cfg.mixed_precision)
-    source = hf_source(cfg.model, out.parent / f".{out.name}.work", log)
+    with acc.main_process_first():  # one process stages a GGUF into torch, the others reuse it
+        source = hf_source(cfg.model, out.parent / f".{out.name}.work", log)
     expansion = read_expansion(Path(source))
     tok = transformers.AutoTokenizer.from_pretrained(source)
     encoded = [encode_example(tok, r, cfg.max_len) for r in train_rows(cfg.task, cfg.train_limit)]
