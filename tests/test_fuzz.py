@@ -156,24 +156,15 @@ def onnx(tmp_path_factory):
         yield b, prompts, reference(b, prompts)
 
 
-def test_fuzz_greedy_llama(llama, pytestconfig):
-    b, prompts, truths = llama
+@pytest.mark.parametrize("backend", ["llama", "onnx"])
+def test_fuzz_greedy(backend, request, pytestconfig):
+    b, prompts, truths = request.getfixturevalue(backend)
+    name = {"llama": "greedy llama.cpp", "onnx": "greedy onnxruntime"}[backend]
 
     @fuzz_settings(pytestconfig.getoption("--fuzz-long"))
     @given(st.data())
     def run(data):
-        check_greedy("greedy llama.cpp", b, prompts, truths, data, pytestconfig.fuzz_counts)
-
-    run()
-
-
-def test_fuzz_greedy_onnx(onnx, pytestconfig):
-    b, prompts, truths = onnx
-
-    @fuzz_settings(pytestconfig.getoption("--fuzz-long"))
-    @given(st.data())
-    def run(data):
-        check_greedy("greedy onnxruntime", b, prompts, truths, data, pytestconfig.fuzz_counts)
+        check_greedy(name, b, prompts, truths, data, pytestconfig.fuzz_counts)
 
     run()
 
