@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -217,41 +218,39 @@ def read_expansion(folder: Path) -> dict | None:
 
 def run_expand(cfg: ExpandConfig, log=print) -> Path:
     """Expand, then write an HF checkpoint: the model with initialised new rows, the tokenizer
-    with the new tokens (transformers' add_tokens), expansion.json with every round."""
+    with the new tokens (transformers' add_tokens), expansion.json with every round. Written
+    under a temporary name and renamed: an interrupted run leaves nothing that looks done."""
     torch = require("torch", "export")
     transformers = require("transformers", "export")
+    tokenizers = require("tokenizers", "export")
     from tasc_edge.export.ft_data import hf_source, train_rows
 
     out = Path(cfg.out)
-    source = hf_source(cfg.model, out.parent / f".{out.name}.work", log)
+    source = Path(hf_source(cfg.model, out.parent / f".{out.name}.work", log))
     rows = train_rows(cfg.task, cfg.train_limit)
     hf_tok = transformers.AutoTokenizer.from_pretrained(source)
-    exp = expand_vocabulary(hf_tok.backend_tokenizer.to_str(), [r.output for r in rows], cfg, log,
-                            [r.prompt for r in rows])
+    base_json = hf_tok.backend_tokenizer.to_str()
+    exp = expand_vocabulary(base_json, [r.output for r in rows], cfg, log, [r.prompt for r in rows])
     if len(hf_tok) != exp.base_vocab:
         raise TascError(f"{source}: tokenizer has {len(hf_tok)} tokens but its vocabulary {exp.base_vocab}")
-    base_tok = expanded_tokenizer(hf_tok.backend_tokenizer.to_str(), [])
-    if _is_byte_level(json.loads(hf_tok.backend_tokenizer.to_str())):
-        hf_tok.backend_tokenizer.decoder = require("tokenizers", "export").decoders.ByteLevel()
-    tokenizers = require("tokenizers", "export")
+    if _is_byte_level(json.loads(base_json)):
+        hf_tok.backend_tokenizer.decoder = tokenizers.decoders.ByteLevel()  # see the module doc
     hf_tok.add_tokens([tokenizers.AddedToken(t, normalized=False, special=False) for t in exp.tokens])
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    init_new_rows(model, base_tok, exp.tokens, exp.base_vocab)
+    init_new_rows(model, expanded_tokenizer(base_json, []), exp.tokens, exp.base_vocab)
     tmp = out.parent / f".{out.name}.tmp"
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     hf_tok.save_pretrained(tmp)
-    for name in ("base.json",):  # where the model came from (the GGUF export needs it)
-        if (Path(source) / name).is_file():
-            shutil.copy(Path(source) / name, tmp / name)
+    if (source / "base.json").is_file():  # the GGUF it came from: the GGUF writer's metadata
+        shutil.copy(source / "base.json", tmp / "base.json")
     saved = tokenizers.Tokenizer.from_file(str(tmp / "tokenizer.json"))  # what the runtime loads
     check_round_trip(saved, [r.output for r in rows])
     write_expansion(exp, cfg, tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    log(f"expanded checkpoint written to {out}: +{len(exp.tokens)} tokens")
+    log(f"expanded checkpoint written to {out}: +{len(exp.tokens)} tokens, "
+        f"compression {exp.rounds[-1].compression if exp.rounds else 1.0:.2f}x on the train outputs")
     return out
 
 
