@@ -321,7 +321,9 @@ def _serve(args: argparse.Namespace) -> int:
     from tasc_edge.runtime.serve_load import ServerThread, as_dict, format_load, load_test
     from tasc_edge.tasks import load_task
 
-    prompts = [r.prompt for r in load_task(args.task if args.task and not args.bundle else "demo").test]
+    # the task's test prompts when --task names a task folder (or demo), else the demo's
+    source = args.task if args.task and (args.task == "demo" or Path(args.task).exists()) else "demo"
+    prompts = [r.prompt for r in load_task(source).test]
     engine = Engine(cfg)
     try:
         with ServerThread(build_app(engine)) as server:
