@@ -273,6 +273,13 @@ def _finish(report: dict, runs: list[RowRun], cfg: BenchConfig, curve: CostCurve
 
 def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBackend,
              drafters: dict, peers: dict, gen_cfg: GenerateConfig, curve, cfg: BenchConfig) -> RowRun:
+    # Every run starts cold (no cached prompt): the methods of one row run back to back on one
+    # cache, and reusing the prompt another method just evaluated would flatter whoever runs
+    # second - a request on a device arrives with a prompt nobody has evaluated yet.
+    if m in PEER_METHODS:
+        peers[m].cold()
+    else:
+        backend.prefill([])
     if m in PEER_METHODS:
         try:
             tokens, secs = timed(peers[m], prompt, cfg.max_new_tokens, backend.stop_tokens)

@@ -106,6 +106,7 @@ def run_ft_bench(cfg: FtBenchConfig, log=print) -> dict:
                 done: dict[tuple[str, str], tuple[list[int], FtRun]] = {}
                 for name, meth in order:
                     b = backends[name]
+                    b.prefill([])  # cold: no method reuses the prompt another one just evaluated
                     g = generate(b, b.chat_prompt(row.prompt), drafters.get(name) if meth != "plain" else None,
                                  GenerateConfig(cfg.max_new_tokens, cfg.max_draft, stop_tokens=b.stop_tokens),
                                  curves[name])

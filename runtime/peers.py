@@ -25,6 +25,7 @@ PEER_BASELINE = {"llama-plain": "llama-plain", "llama-pld": "llama-plain",
 
 class Peer(Protocol):
     def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> list[int]: ...
+    def cold(self) -> None: ...  # forget cached prompt tokens: the next call evaluates its prompt in full
     def close(self) -> None: ...
 
 
@@ -38,6 +39,9 @@ class LlamaPeer:
         self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads,
                                    n_threads_batch=threads, flash_attn=True, verbose=False,
                                    type_k=type_k, type_v=type_v, draft_model=draft)
+
+    def cold(self) -> None:
+        self.llm.reset()  # n_tokens = 0: llama-cpp-python's prefix matching finds nothing
 
     def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> list[int]:
         out: list[int] = []
@@ -58,6 +62,9 @@ class HFPeer:
         self.torch = require("torch", "export")
         self.model = model
         self.pld_tokens = pld_tokens
+
+    def cold(self) -> None:
+        pass  # transformers' generate() keeps no cache between calls
 
     def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> list[int]:
         ids = self.torch.tensor([list(prompt)])
