@@ -278,9 +278,6 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
     # second - a request on a device arrives with a prompt nobody has evaluated yet.
     if m in PEER_METHODS:
         peers[m].cold()
-    else:
-        backend.prefill([])
-    if m in PEER_METHODS:
         try:
             tokens, secs = timed(peers[m], prompt, cfg.max_new_tokens, backend.stop_tokens)
         except (ValueError, RuntimeError) as e:
@@ -289,6 +286,7 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
             return RowRun(dataset, row.id, m, [], 0.0, 0.0, 0.0, error=f"{type(e).__name__}: {e}")
         text = backend.detokenize(tokens)
         return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output), chrf(text, row.output))
+    backend.prefill([])
     gamma, steps = method_gamma(m), None
     if m == "plain-unpadded":
         backend.min_rows = 1

@@ -91,8 +91,14 @@ def run_ft_bench(cfg: FtBenchConfig, log=print) -> dict:
                           "n_vocab": b.n_vocab, "tokenizer_hash": b.tokenizer_hash,
                           "step_ms": curves[name].step_seconds * 1e3}
             log(f"{name}: {bundle.model_path.name}, vocab {b.n_vocab}, t(1) {curves[name].step_seconds * 1e3:.1f} ms")
-        rows = [r for r in task.test if all(len(b.chat_prompt(r.prompt)) + cfg.max_new_tokens <= b.n_ctx
-                                            for b in backends.values())][:cfg.limit]
+        rows, prompts = [], {}  # the first `limit` rows whose prompt fits every model, rendered once
+        for r in task.test:
+            if len(rows) == cfg.limit:
+                break
+            rendered = {name: b.chat_prompt(r.prompt) for name, b in backends.items()}
+            if all(len(rendered[n]) + cfg.max_new_tokens <= b.n_ctx for n, b in backends.items()):
+                rows.append(r)
+                prompts.update({(n, r.id): p for n, p in rendered.items()})
         pairs = [(m, meth) for m in cfg.bundles for meth in cfg.methods]
         report = {"schema": "tasc-edge.ft-bench/1", "command": " ".join(sys.argv), "config": asdict(cfg),
                   "task": task.name, "models": info, "machine": machine_info(),
@@ -107,7 +113,7 @@ def run_ft_bench(cfg: FtBenchConfig, log=print) -> dict:
                 for name, meth in order:
                     b = backends[name]
                     b.prefill([])  # cold: no method reuses the prompt another one just evaluated
-                    g = generate(b, b.chat_prompt(row.prompt), drafters.get(name) if meth != "plain" else None,
+                    g = generate(b, prompts[(name, row.id)], drafters.get(name) if meth != "plain" else None,
                                  GenerateConfig(cfg.max_new_tokens, cfg.max_draft, stop_tokens=b.stop_tokens),
                                  curves[name])
                     text = b.detokenize(g.tokens)

@@ -28,7 +28,6 @@ llama-cpp-python's own prefix reuse changed a greedy snips output from 128 token
 from __future__ import annotations
 
 import ctypes
-
 import hashlib
 import os
 from pathlib import Path

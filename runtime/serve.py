@@ -115,7 +115,7 @@ class Engine:
         def on_tokens(new: list[int]) -> bool:
             tokens.extend(new)
             text = b.detokenize(tokens)
-            cut = min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
+            cut = first_stop(text, stops)
             if cut >= 0:
                 text, stopped[0] = text[:cut], True
             elif text.endswith("\ufffd"):  # half a UTF-8 character: wait for the rest
@@ -130,13 +130,18 @@ class Engine:
                        None, rng, on_tokens)
         text = b.detokenize(gen.tokens)
         if stopped[0]:
-            text = text[:min(i for s in stops if (i := text.find(s)) >= 0)]
+            text = text[:first_stop(text, stops)]
         s = gen.stats
         return {"text": text, "finish_reason": "stop" if gen.finish_reason == "stop" else "length",
                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(gen.tokens),
                           "total_tokens": len(prompt) + len(gen.tokens)},
                 "tasc": {"method": self.method, "tau": s.tau, "drafted": s.drafted, "accepted": s.accepted,
                          "seconds": s.total_s}}
+
+
+def first_stop(text: str, stops: list[str]) -> int:
+    """Where the earliest stop string starts in `text`, -1 if none does."""
+    return min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
 
 
 def parse_request(body: bytes, cfg: ServeConfig, chat: bool) -> dict:
