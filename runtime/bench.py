@@ -128,6 +128,10 @@ class RowRun:
     verify_s: float | None = None
     other_s: float | None = None
     draft_steps: int | None = None  # model-drafter forwards (MBSU's gamma); None for n-grams
+    # time until the first forward's tokens were committed (prompt evaluation included), and
+    # how many it committed: splits every method, peers too, into prefill and decode phases
+    first_s: float | None = None
+    first_n: int | None = None
     error: str | None = None  # the method failed on this row (peers only); excluded from stats
 
 
@@ -279,31 +283,42 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
     if m in PEER_METHODS:
         peers[m].cold()
         try:
-            tokens, secs = timed(peers[m], prompt, cfg.max_new_tokens, backend.stop_tokens)
+            tokens, secs, first = timed(peers[m], prompt, cfg.max_new_tokens, backend.stop_tokens)
         except (ValueError, RuntimeError) as e:
             # a peer's own bug on one row (llama-cpp-python's prompt lookup overflows its logits
             # buffer near n_ctx) is recorded and counted, not allowed to end the whole bench
             return RowRun(dataset, row.id, m, [], 0.0, 0.0, 0.0, error=f"{type(e).__name__}: {e}")
         text = backend.detokenize(tokens)
-        return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output), chrf(text, row.output))
+        return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output),
+                      chrf(text, row.output), first_s=first[0], first_n=first[1])
     backend.prefill([])
+    first: list = []
+    start = time.perf_counter()
+
+    def on_tokens(new: list[int]) -> bool:
+        if not first:
+            first.extend([time.perf_counter() - start, len(new)])
+        return False
+
     gamma, steps = method_gamma(m), None
     if m == "plain-unpadded":
         backend.min_rows = 1
         try:
-            g = generate(backend, prompt, None, gen_cfg, None)
+            g = generate(backend, prompt, None, gen_cfg, None, on_tokens=on_tokens)
         finally:
             backend.min_rows = 2
     elif gamma is not None:  # fixed length: no cost curve, the drafter's own cut-off disabled
-        g = generate(backend, prompt, drafters[m], replace(gen_cfg, max_draft=gamma), None)
+        g = generate(backend, prompt, drafters[m], replace(gen_cfg, max_draft=gamma), None,
+                     on_tokens=on_tokens)
     else:
         steps = getattr(drafters[m], "steps", None)
-        g = generate(backend, prompt, drafters[m], gen_cfg, curve)
+        g = generate(backend, prompt, drafters[m], gen_cfg, curve, on_tokens=on_tokens)
     s, text = g.stats, backend.detokenize(g.tokens)
     draft_steps = None if gamma is not None or steps is None else drafters[m].steps - steps
     return RowRun(dataset, row.id, m, g.tokens, s.total_s, exact_match(text, row.output),
                   chrf(text, row.output), s.tau, s.drafted, s.accepted, s.target_forwards,
-                  s.forward_tokens, s.prefill_s, s.draft_s, s.verify_s, s.other_s, draft_steps)
+                  s.forward_tokens, s.prefill_s, s.draft_s, s.verify_s, s.other_s, draft_steps,
+                  *(first or (None, None)))
 
 
 def machine_info() -> dict:
@@ -378,6 +393,13 @@ def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bu
     return drafters
 
 
+def time_per_token(run: RowRun) -> float | None:
+    """Seconds per token after the first forward (prompt evaluation and its tokens excluded)."""
+    if run.first_s is None or run.first_n is None or len(run.tokens) <= run.first_n:
+        return None
+    return (run.total_s - run.first_s) / (len(run.tokens) - run.first_n)
+
+
 def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = None,
               peak_mb: dict[str, float] | None = None, drafter_c: dict[str, float] | None = None) -> list[dict]:
     """One entry per dataset x method. MBSU = tau / (gamma * c + 1) with c = 0 for n-gram
@@ -415,6 +437,8 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
             mbsu = (sum(len(r.tokens) for r in mine) / (forwards + drafter_c.get(m, 0.0) * steps)
                     if ours and forwards else None)
             q1, q3 = np.percentile(ratios, [25, 75])
+            decode = [tp / tm for r, p in pairs
+                      if (tm := time_per_token(r)) and (tp := time_per_token(p))]
             entry = {
                 "dataset": dataset, "method": m, "baseline": base, "rows": len(pairs),
                 "failed_rows": sum(1 for r in failed if r.dataset == dataset and r.method == m),
@@ -424,6 +448,10 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
                                           for r in mine if (dataset, r.row, "plain") in by),
                 "speedup_median": statistics.median(ratios), "speedup_iqr": [float(q1), float(q3)],
                 "fastest_plain": fastest, "speedup_vs_fastest_plain": statistics.median(vs_fastest),
+                # after the first forward: what a drafter can change (prefill is the same work)
+                "decode_speedup_median": statistics.median(decode) if decode else None,
+                "ttft_ms_median": (statistics.median(r.first_s for r in mine) * 1e3
+                                   if all(r.first_s is not None for r in mine) else None),
                 "tokens_per_s": sum(len(r.tokens) for r in mine) / sum(r.total_s for r in mine),
                 "mean_tokens": statistics.fmean(len(r.tokens) for r in mine),
                 "exact_match": statistics.fmean(r.exact for r in mine),
@@ -461,14 +489,15 @@ def markdown(report: dict) -> str:
              f"Verify cost on this machine: t(1) = {curve.get('step_ms', 0):.1f} ms; t(k)/t(1) for "
              "k = 1.. = " + " ".join(f"{r:.2f}" for r in curve.get("ratios", [])), "",
              "| dataset | method | rows | identical | speed-up vs own plain, median [IQR] | "
-             "vs fastest plain | tau | MBSU | predicted from t(k) | acceptance | tok/s | exact | chrF | "
+             "vs fastest plain | decode phase vs own plain | TTFT ms | tau | MBSU | predicted from t(k) | acceptance | tok/s | exact | chrF | "
              "peak RSS MB (+ over baseline) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(
             f"| {r['dataset']} | {r['method']} | {r['rows']} | {r['identical_rows']}/{r['rows']} | "
             f"{r['speedup_median']:.2f}x [{r['speedup_iqr'][0]:.2f}-{r['speedup_iqr'][1]:.2f}] | "
-            f"{r['speedup_vs_fastest_plain']:.2f}x ({r['fastest_plain']}) | {f(r['tau_mean'], '.2f')} | {f(r['mbsu'], '.2f')} | "
+            f"{r['speedup_vs_fastest_plain']:.2f}x ({r['fastest_plain']}) | "
+            f"{f(r.get('decode_speedup_median'), '.2f')}x | {f(r.get('ttft_ms_median'), '.0f')} | {f(r['tau_mean'], '.2f')} | {f(r['mbsu'], '.2f')} | "
             f"{f(r['speedup_predicted'], '.2f')} | {f(r['acceptance'], '.2f')} | {r['tokens_per_s']:.1f} | "
             f"{r['exact_match']:.2f} | {r['chrf']:.1f} | {f(r.get('peak_rss_mb'), '.0f')} "
             f"({f(r.get('rss_delta_mb'), '+.1f')}) |")

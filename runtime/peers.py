@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from tasc_edge.errors import require
 
@@ -24,7 +24,10 @@ PEER_BASELINE = {"llama-plain": "llama-plain", "llama-pld": "llama-plain",
 
 
 class Peer(Protocol):
-    def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> list[int]: ...
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int],
+                 on_first: Callable[[int], None]) -> list[int]:
+        """Greedy tokens; `on_first(n)` runs once, when the first forward's n tokens land."""
+    ...
     def cold(self) -> None: ...  # forget cached prompt tokens: the next call evaluates its prompt in full
     def close(self) -> None: ...
 
@@ -43,9 +46,12 @@ class LlamaPeer:
     def cold(self) -> None:
         self.llm.reset()  # n_tokens = 0: llama-cpp-python's prefix matching finds nothing
 
-    def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> list[int]:
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int],
+                 on_first: Callable[[int], None]) -> list[int]:
         out: list[int] = []
         for tok in self.llm.generate(list(prompt), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, reset=True):
+            if not out:  # the generator yields one token per step, drafts or not
+                on_first(1)
             if tok in stops:
                 break
             out.append(int(tok))
@@ -66,14 +72,15 @@ class HFPeer:
     def cold(self) -> None:
         pass  # transformers' generate() keeps no cache between calls
 
-    def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> list[int]:
+    def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int],
+                 on_first: Callable[[int], None]) -> list[int]:
         ids = self.torch.tensor([list(prompt)])
         kwargs = {"prompt_lookup_num_tokens": self.pld_tokens} if self.pld_tokens else {}
         with self.torch.inference_mode():
             out = self.model.generate(ids, attention_mask=self.torch.ones_like(ids),
                                       max_new_tokens=max_new_tokens, do_sample=False,
                                       eos_token_id=sorted(stops), pad_token_id=sorted(stops)[0],
-                                      **kwargs)
+                                      streamer=FirstTokens(on_first), **kwargs)
         # prompt lookup can overshoot max_new_tokens by part of its last accepted draft
         new = out[0, len(prompt):].tolist()[:max_new_tokens]
         for i, t in enumerate(new):
@@ -83,6 +90,23 @@ class HFPeer:
 
     def close(self) -> None:
         self.model = None
+
+
+class FirstTokens:
+    """A transformers streamer that only notes when the first generated tokens arrive:
+    generate() puts the prompt first, then each step's committed tokens (several when
+    prompt lookup drafts were accepted)."""
+
+    def __init__(self, on_first: Callable[[int], None]) -> None:
+        self.on_first, self.puts = on_first, 0
+
+    def put(self, value) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.on_first(int(value.numel()))
+
+    def end(self) -> None:
+        pass
 
 
 def load_hf_model(model_path: Path, threads: int) -> object:
@@ -108,7 +132,14 @@ def load_peers(methods: list[str], model_path: Path, n_ctx: int, threads: int,
     return peers
 
 
-def timed(peer: Peer, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int]) -> tuple[list[int], float]:
+def timed(peer: Peer, prompt: Sequence[int], max_new_tokens: int,
+          stops: frozenset[int]) -> tuple[list[int], float, tuple[float | None, int | None]]:
+    """Tokens, wall seconds, and (seconds, tokens) of the first forward's output."""
+    first: list = [None, None]
     t = time.perf_counter()
-    out = peer.generate(prompt, max_new_tokens, stops)
-    return out, time.perf_counter() - t
+
+    def on_first(n: int) -> None:
+        first[:] = [time.perf_counter() - t, n]
+
+    out = peer.generate(prompt, max_new_tokens, stops, on_first)
+    return out, time.perf_counter() - t, (first[0], first[1])

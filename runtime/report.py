@@ -237,13 +237,24 @@ def readme_results(report: dict) -> str:
             cells.append("-" if r is None else
                          f"{r['speedup_median']:.2f}x ({r['speedup_vs_fastest_plain']:.2f}x)")
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    drafting = [m for m in methods if not m.endswith("plain")]
+    if any(by.get((d, m), {}).get("decode_speedup_median") for d in datasets for m in drafting):
+        lines += ["", "Decode phase only (time per token after the first forward, which evaluates "
+                  "the prompt and is the same work with or without a drafter), median per row "
+                  "against the method's own plain baseline:", "",
+                  "| dataset | " + " | ".join(drafting) + " |", "|---|" + "---|" * len(drafting)]
+        for d in datasets:
+            cells = [f"{x:.2f}x" if (x := by.get((d, m), {}).get("decode_speedup_median")) else "-"
+                     for m in drafting]
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
     lines += ["", "| dataset | method | identical to own plain | tau (MBSU) | acceptance | tok/s | "
-              "exact match | chrF |", "|---|---|---|---|---|---|---|---|"]
+              "TTFT ms | exact match | chrF |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         tau = "-" if r["tau_mean"] is None else f"{r['tau_mean']:.2f}"
         acc = "-" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
+        ttft = "-" if r.get("ttft_ms_median") is None else f"{r['ttft_ms_median']:.0f}"
         lines.append(f"| {r['dataset']} | {r['method']} | {r['identical_rows']}/{r['rows']} | {tau} | "
-                     f"{acc} | {r['tokens_per_s']:.1f} | {r['exact_match']:.2f} | {r['chrf']:.1f} |")
+                     f"{acc} | {r['tokens_per_s']:.1f} | {ttft} | {r['exact_match']:.2f} | {r['chrf']:.1f} |")
     return "\n".join(lines)
 
 

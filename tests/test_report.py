@@ -41,6 +41,21 @@ def test_mbsu_and_speedup_arithmetic_on_known_inputs():
     assert mean_k == 3
 
 
+def test_decode_phase_speedup_leaves_out_the_first_forward():
+    # plain: 0.3 s to the first token, then 10 tokens in 1.0 s; spec: its first forward
+    # also committed 3 tokens (an accepted draft), then 8 tokens in 0.5 s
+    plain = replace(run("a", "plain", [1] * 11, 1.3, 1.0, 0, 0, 11, 11), first_s=0.3, first_n=1)
+    spec = replace(run("a", "tasc-spec", [1] * 11, 0.8, 2.0, 8, 6, 5, 13), first_s=0.3, first_n=3)
+    assert bench.time_per_token(plain) == pytest.approx(0.1)
+    assert bench.time_per_token(spec) == pytest.approx(0.5 / 8)
+    _, s = bench.summarise([plain, spec], ["plain", "tasc-spec"])
+    assert s["decode_speedup_median"] == pytest.approx(0.1 / (0.5 / 8))
+    assert s["speedup_median"] == pytest.approx(1.3 / 0.8) and s["ttft_ms_median"] == pytest.approx(300)
+    # a run whose first forward produced everything has no decode phase: no ratio, not 0 or inf
+    assert bench.time_per_token(replace(spec, first_n=11)) is None
+    assert bench.time_per_token(replace(spec, first_s=None)) is None
+
+
 def test_gamma_sweep_rows_compare_with_plain_and_memory_delta():
     runs = [run("a", "plain", [1] * 8, 0.8, 1.0, 0, 0, 8, 8),
             run("a", "tasc-spec@4", [1] * 8, 0.5, 2.0, 12, 4, 4, 16),
@@ -129,6 +144,8 @@ def test_bench_report_round_trip_and_plots(model, data_root, tmp_path):
                 assert key in r
             assert r["rows"] == 3
         assert entries[(ds, "tasc-spec")]["identical_rows"] == 3  # exact against our plain
+        for m in ("tasc-spec", "llama-pld"):  # first-forward time measured for ours and peers
+            assert 0 < entries[(ds, m)]["ttft_ms_median"] and entries[(ds, m)]["decode_speedup_median"] > 0
     assert "| slots | tasc-spec | 3 | 3/3 |" in (tmp_path / "bench.md").read_text()
     assert loaded["memory_mb"]["peak_by_method"]["tasc-spec"] > 0
     paths = report_mod.write_plots(loaded, tmp_path / "plots")
