@@ -39,9 +39,14 @@ class LlamaPeer:
         from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
 
         draft = LlamaPromptLookupDecoding(num_pred_tokens=pld_tokens) if pld_tokens else None
+        # With a draft model llama-cpp-python keeps logits for every position, but sizes that
+        # buffer from the *argument* logits_all (n_batch rows when False): any prompt past 512
+        # tokens then fails with "could not broadcast ... into shape (0,)" (text2sql, bfcl).
+        # Passing logits_all=True, the known workaround, is what a user of the peer must do.
         self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads,
                                    n_threads_batch=threads, flash_attn=True, verbose=False,
-                                   type_k=type_k, type_v=type_v, draft_model=draft)
+                                   type_k=type_k, type_v=type_v, draft_model=draft,
+                                   logits_all=draft is not None)
 
     def cold(self) -> None:
         self.llm.reset()  # n_tokens = 0: llama-cpp-python's prefix matching finds nothing

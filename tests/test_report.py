@@ -216,3 +216,16 @@ def test_merge_reports_last_run_wins_per_dataset():
     merged = report_mod.merge_reports([rep("a", ["x", "y"], 1), rep("b", ["y", "z"], 2)])
     assert [(r["dataset"], r["tag"]) for r in merged["results"]] == [("x", 1), ("y", 2), ("z", 2)]
     assert [r["datasets"] for r in merged["runs"]] == [["x"], ["y", "z"]]
+
+
+def test_llama_prompt_lookup_peer_runs_prompts_longer_than_a_batch(model):
+    """llama-cpp-python sizes its logits buffer by n_batch unless logits_all=True, while its
+    draft-model path writes every position: a 600-token prompt failed before the peer set it."""
+    peers = pytest.importorskip("tasc_edge.runtime.peers")
+    peer = peers.LlamaPeer(model, n_ctx=1024, threads=2, pld_tokens=4)
+    try:
+        first = []
+        out = peer.generate(list(range(3, 43)) * 15, 8, frozenset(), first.append)
+    finally:
+        peer.close()
+    assert len(out) == 8 and first == [1]
