@@ -25,10 +25,6 @@ VocabTrim drafters (ONNX bundles exported with --drafter-layers; VARIANT = full 
   MBSU for these counts the drafter's reads: tokens / (target forwards + c * drafter steps),
   c = drafter bytes per step / target bytes per step, from the manifest.
 
-Draft length comes from the verify-cost curve measured at start-up, refined online by the
-verify forwards the run makes (cost.OnlineCost, one per backend). `METHOD/fixed-cost` (for
-pld, tasc-spec, tasc-spec+gen) runs the same drafter with the start-up curve only, side by side.
-
 Fixed-gamma sweep (`--gamma-sweep 1,2,4,8`, on the first `--sweep-rows` rows of each dataset):
   tasc-spec@G    TASC-spec drafting up to G tokens whenever the n-grams have a guess, with no
                  calibrated cut-off and no cost curve: tau as a function of gamma, for the plot
@@ -47,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasc_edge.cost import CostCurve, OnlineCost, measure_cost_curve
+from tasc_edge.cost import CostCurve, measure_cost_curve
 from tasc_edge.decode import GenerateConfig, generate
 from tasc_edge.drafters import NgramDraftConfig, make_drafter
 from tasc_edge.errors import TascError
@@ -69,14 +65,6 @@ BASELINE = {**{m: "plain" for m in OUR_METHODS}, "plain-unpadded": "plain-unpadd
 PLAIN_METHODS = ("plain", "plain-unpadded", "llama-plain", "hf-plain")
 
 
-FIXED_COST = "/fixed-cost"
-
-
-def base_method(method: str) -> str:
-    """`tasc-spec+gen` for `tasc-spec+gen/fixed-cost`; every other method unchanged."""
-    return method.removesuffix(FIXED_COST)
-
-
 def sweep_method(gamma: int) -> str:
     return f"tasc-spec@{gamma}"
 
@@ -95,7 +83,7 @@ def drafter_variant(method: str) -> str | None:
 def baseline_of(method: str) -> str:
     if method_gamma(method) is not None or drafter_variant(method) is not None:
         return "plain"
-    return BASELINE[base_method(method)]
+    return BASELINE[method]
 
 
 @dataclass
@@ -148,9 +136,7 @@ class RowRun:
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
-    unknown = [m for m in cfg.methods if not drafter_variant(m) and (
-        base_method(m) not in OUR_METHODS + PEER_METHODS
-        or (m.endswith(FIXED_COST) and base_method(m) not in ("pld", "tasc-spec", "tasc-spec+gen")))]
+    unknown = [m for m in cfg.methods if m not in OUR_METHODS + PEER_METHODS and not drafter_variant(m)]
     if unknown:
         raise TascError(f"unknown method(s) {', '.join(unknown)}; choose from "
                         f"{', '.join(OUR_METHODS + PEER_METHODS)}")
@@ -197,7 +183,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         report["drafters"] = {v: bundle.manifest["drafters"][v] for v in variants}
         report["memory_mb"]["after_drafters"] = memory.rss() / 1e6
         curve = measure_cost_curve(backend, max_k=16)
-        online = OnlineCost(curve)
         report["cost_curve"] = {"step_ms": curve.step_seconds * 1e3, "ratios": list(curve.ratios)}
         log(f"{model_path.name}: t(1) {curve.step_seconds * 1e3:.1f} ms, t(k)/t(1) "
             + " ".join(f"{r:.2f}" for r in curve.ratios))
@@ -230,7 +215,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                         for m in order:
                             with memory.phase(m):
                                 tries[m].append(_one_run(m, name, row, prompt, backend, drafters,
-                                                         peers, gen_cfg, curve, online, cfg))
+                                                         peers, gen_cfg, curve, cfg))
                     runs.extend(_median_run(tries[m]) for m in order)
                     if i == len(rows) - 1:  # a checkpoint per dataset: even kill -9 keeps those
                         _finish(report, runs, cfg, curve, memory, table_bytes, final=False)
@@ -252,9 +237,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             for peer in [*peers.values(), *model_drafters.values()]:
                 peer.close()
             memory.stop()
-            learned = online.curve()  # what the verifies taught the draft-length policy
-            report["cost_curve_learned"] = {"step_ms": learned.step_seconds * 1e3,
-                                            "ratios": list(learned.ratios)}
     _finish(report, runs, cfg, curve, memory, table_bytes)
     return report
 
@@ -294,8 +276,7 @@ def _finish(report: dict, runs: list[RowRun], cfg: BenchConfig, curve: CostCurve
 
 
 def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBackend,
-             drafters: dict, peers: dict, gen_cfg: GenerateConfig, curve: CostCurve,
-             online: OnlineCost, cfg: BenchConfig) -> RowRun:
+             drafters: dict, peers: dict, gen_cfg: GenerateConfig, curve, cfg: BenchConfig) -> RowRun:
     # Every run starts cold (no cached prompt): the methods of one row run back to back on one
     # cache, and reusing the prompt another method just evaluated would flatter whoever runs
     # second - a request on a device arrives with a prompt nobody has evaluated yet.
@@ -331,8 +312,7 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
                      on_tokens=on_tokens)
     else:
         steps = getattr(drafters[m], "steps", None)
-        cost = curve if m.endswith(FIXED_COST) else online
-        g = generate(backend, prompt, drafters[m], gen_cfg, cost, on_tokens=on_tokens)
+        g = generate(backend, prompt, drafters[m], gen_cfg, curve, on_tokens=on_tokens)
     s, text = g.stats, backend.detokenize(g.tokens)
     draft_steps = None if gamma is not None or steps is None else drafters[m].steps - steps
     return RowRun(dataset, row.id, m, g.tokens, s.total_s, exact_match(text, row.output),
@@ -393,19 +373,12 @@ def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bu
             model = ModelDrafter(base.backend, base.n_vocab, base.kept, config=base.cfg)
             drafters[m] = model if m.startswith("model:") else ChainedDrafter(
                 make_drafter("tasc-spec", exported()), model)
-    reference: list[NgramTable] = []
-
-    def ngram_drafter(m: str):  # a fresh drafter (its own calibration) per method
-        if m == "pld":
-            return make_drafter("pld", None)
-        if m == "tasc-spec":
-            reference[:] = reference or [reference_table(backend, task)]
-            return make_drafter("tasc-spec", reference[0])
-        return make_drafter("tasc-spec", exported())
-
-    for m in methods:
-        if base_method(m) in ("pld", "tasc-spec", "tasc-spec+gen"):
-            drafters[m] = ngram_drafter(base_method(m))
+    if "pld" in methods:
+        drafters["pld"] = make_drafter("pld", None)
+    if "tasc-spec" in methods:
+        drafters["tasc-spec"] = make_drafter("tasc-spec", reference_table(backend, task))
+    if "tasc-spec+gen" in methods:
+        drafters["tasc-spec+gen"] = make_drafter("tasc-spec", exported())
     sweep = [m for m in methods if method_gamma(m) is not None]
     if sweep:  # the sweep uses the best table at hand: the exported one, else the reference one
         # (tables are read-only: every drafter shares the one loaded copy)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasc_edge.cost import CostCurve, OnlineCost, measure_cost_curve
+from tasc_edge.cost import CostCurve, measure_cost_curve
 from tasc_edge.decode import GenerateConfig, Generation, batch_invariant, generate
 from tasc_edge.drafters import METHODS, NgramDraftConfig, make_drafter
 from tasc_edge.errors import TascError
@@ -157,11 +157,11 @@ def run_task(cfg: RunConfig, log=print) -> RunSummary:
                 f"{table.nbytes / 1e6:.2f} MB")
         gen_cfg = GenerateConfig(cfg.max_new_tokens, cfg.max_draft, sampling, backend.stop_tokens)
         results = []
-        cost = OnlineCost(curve) if cfg.adaptive else None  # learns across rows, like the drafter
         for i, row in enumerate(rows):
             prompt = backend.chat_prompt(row.prompt)
             rng = np.random.default_rng([cfg.seed, i])
             plain_rng = np.random.default_rng([cfg.seed, i, 1])
+            cost = curve if cfg.adaptive else None
 
             def run_method() -> Generation:
                 return generate(backend, prompt, drafter, gen_cfg, cost, rng)

@@ -34,65 +34,13 @@ class CostCurve:
         slope = self.ratios[-1] - self.ratios[-2] if len(self.ratios) > 1 else 1.0
         return self.ratios[-1] + slope * (k - len(self.ratios))
 
-    def observe(self, k: int, seconds: float) -> None:
-        """A fixed curve ignores what the loop measures (OnlineCost learns from it)."""
-
     @classmethod
     def flat(cls, max_k: int = 16) -> "CostCurve":
         """Memory-bound ideal: verifying k tokens costs the same as one (MBSU's assumption)."""
         return cls(tuple(1.0 for _ in range(max_k)))
 
 
-class OnlineCost:
-    """The start-up curve, corrected by the verify forwards the loop actually runs.
-
-    The start-up probe times a dummy token at one cache position on an idle backend; real
-    verifies run at other positions, under other load (a Pi throttling, a second process), and
-    a curve that is 10% too cheap at k = 2 turns a marginal draft into a loss on this CPU,
-    where t(2)/t(1) is ~1.6. Each t(k) is a windowed running mean that starts from the probe
-    (`prior_weight` pseudo-observations); an observation is clipped to `clip` x the estimate,
-    so one multi-second OpenMP stall (seen here) cannot swing it. One per backend, shared by
-    every drafter on it: the cost belongs to the target, not to the drafter.
-    """
-
-    def __init__(self, start: CostCurve, prior_weight: float = 8.0, window: float = 64.0,
-                 clip: float = 3.0) -> None:
-        base = start.step_seconds or 1.0
-        self.start, self.window, self.clip = start, window, clip
-        self._t = [r * base for r in start.ratios]  # seconds per forward of k tokens
-        self._n = [prior_weight] * len(start.ratios)
-        self._ratios = tuple(start.ratios)
-        self._curve = CostCurve(self._ratios, step_seconds=self._t[0])
-
-    @property
-    def step_seconds(self) -> float:
-        return self._t[0]
-
-    @property
-    def ratios(self) -> tuple[float, ...]:
-        return self._ratios
-
-    def observe(self, k: int, seconds: float) -> None:
-        if not 1 <= k <= len(self._t):
-            return
-        i = k - 1
-        self._n[i] = min(self._n[i] + 1, self.window)
-        self._t[i] += (min(seconds, self.clip * self._t[i]) - self._t[i]) / self._n[i]
-        ratios = [t / self._t[0] for t in self._t]
-        for j in range(1, len(ratios)):  # monotone, as the start-up curve
-            ratios[j] = max(ratios[j], ratios[j - 1])
-        self._ratios = tuple(ratios)
-        self._curve = CostCurve(self._ratios, step_seconds=self._t[0])
-
-    def cost(self, k: int) -> float:
-        return self._curve.cost(k)
-
-    def curve(self) -> CostCurve:
-        """What it has learned so far, as a fixed curve (for reports)."""
-        return self._curve
-
-
-def best_draft_length(confidence: Sequence[float], curve: "CostCurve | OnlineCost") -> int:
+def best_draft_length(confidence: Sequence[float], curve: CostCurve) -> int:
     """Draft length d maximising expected tokens per unit time.
 
     With acceptance probabilities p_i (each conditional on the drafts before it), a forward over

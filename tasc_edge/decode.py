@@ -15,7 +15,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from tasc_edge.cost import CostCurve, OnlineCost, best_draft_length
+from tasc_edge.cost import CostCurve, best_draft_length
 from tasc_edge.errors import TascError
 from tasc_edge.verify import SamplingConfig, verify_greedy, verify_sampling
 
@@ -142,7 +142,7 @@ def valid_draft(draft: Draft, room: int, n_vocab: int | None) -> Draft:
 
 
 def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = None,
-             config: GenerateConfig | None = None, cost: CostCurve | OnlineCost | None = None,
+             config: GenerateConfig | None = None, cost: CostCurve | None = None,
              rng: np.random.Generator | None = None,
              on_tokens: Callable[[list[int]], bool] | None = None) -> Generation:
     """Greedy output is token-for-token that of plain greedy decoding, whatever the drafter;
@@ -179,8 +179,6 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
             draft = draft.truncate(d)
         t1 = time.perf_counter()
         logits = backend.forward([pending, *draft.tokens])
-        if cost is not None:  # an OnlineCost learns the real verify cost; a fixed curve ignores it
-            cost.observe(1 + len(draft.tokens), time.perf_counter() - t1)
         if cfg.sampling.greedy:
             n_acc, nxt = verify_greedy(draft.tokens, logits)
         else:

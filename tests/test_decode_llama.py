@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stats import chi_square_pvalue
-from tasc_edge.cost import CostCurve, OnlineCost, best_draft_length, measure_cost_curve
+from tasc_edge.cost import CostCurve, measure_cost_curve
 from tasc_edge.decode import Draft, GenerateConfig, batch_invariant, generate
 from tasc_edge.drafters import NgramDrafter
 from tasc_edge.errors import TascError
@@ -155,40 +155,6 @@ def test_cost_curve_measures_real_forwards(backend):
     assert len(curve.ratios) == 8 and curve.ratios[0] == 1.0
     assert all(b >= a for a, b in zip(curve.ratios, curve.ratios[1:]))
     assert curve.step_seconds > 0
-
-
-def test_online_cost_learns_the_real_verify_cost_and_ignores_stalls():
-    start = CostCurve((1.0, 1.2, 1.4, 1.6), step_seconds=0.010)
-    online = OnlineCost(start, prior_weight=4, window=16)
-    # a draft of one token at 0.75 acceptance pays under the start-up curve ...
-    assert best_draft_length([0.75], online) == 1
-    for _ in range(100):  # ... but real two-token verifies cost 1.9x one token
-        online.observe(1, 0.010)
-        online.observe(2, 0.019)
-    assert online.cost(2) == pytest.approx(1.9, abs=0.01)
-    assert best_draft_length([0.75], online) == 0  # so the loop stops drafting it
-    before = online.cost(2)
-    online.observe(2, 30.0)  # one multi-second OpenMP stall moves the estimate a bounded step
-    assert online.cost(2) < before * (1 + 2 / 16) + 1e-9
-    online.observe(4, 0.001)  # noise cannot make a longer verify look cheaper than a shorter one
-    assert list(online.ratios) == sorted(online.ratios)
-    assert online.curve().step_seconds == pytest.approx(0.010)
-    online.observe(99, 1.0)  # beyond the curve: ignored, not an IndexError
-
-
-def test_decode_loop_feeds_the_cost_model_every_verify(backend):
-    class Recording(CostCurve):
-        def observe(self, k, seconds):
-            seen.append((k, seconds))
-
-    seen: list = []
-    prompt = prompts(backend, 1)[0]
-    ref = generate(backend, prompt, None, GenerateConfig(max_new_tokens=12))
-    drafter = OracleDrafter(ref.tokens, 0.3, 3, backend.n_vocab, seed=1)
-    g = generate(backend, prompt, drafter, GenerateConfig(max_new_tokens=12), Recording((1.0,) * 4))
-    assert g.tokens == ref.tokens
-    assert len(seen) == g.stats.target_forwards and all(s > 0 for _, s in seen)
-    assert sum(k for k, _ in seen) == g.stats.forward_tokens
 
 
 def exact_two_token_distribution(backend, prompt, cfg):

@@ -123,18 +123,9 @@ def model(tmp_path_factory):
     return write_tiny_gguf(tmp_path_factory.mktemp("m") / "tiny.gguf", seed=9)
 
 
-@pytest.mark.parametrize("method", ["plain/fixed-cost", "llama-pld/fixed-cost", "tasc-spec/x"])
-def test_bench_refuses_methods_it_does_not_have(model, data_root, tmp_path, method):
-    cfg = replace(bench_cfg(model, data_root, tmp_path), methods=["tasc-spec", method])
-    with pytest.raises(TascError, match="unknown method"):
-        bench.run_bench(cfg, log=lambda *_: None)
-    assert not (tmp_path / "bench.json").exists()  # refused before any work or output
-
-
 def bench_cfg(model, data_root, out):
     return bench.BenchConfig(datasets=["slots", "calls"], data_root=str(data_root),
-                             methods=["pld", "tasc-spec", "tasc-spec/fixed-cost", "llama-pld"],
-                             limit=3, max_new_tokens=16,
+                             methods=["pld", "tasc-spec", "llama-pld"], limit=3, max_new_tokens=16,
                              model=str(model), quant="as-is", n_ctx=256, out=str(out))
 
 
@@ -144,8 +135,6 @@ def test_bench_report_round_trip_and_plots(model, data_root, tmp_path):
     for key in ("schema", "machine", "model_sha256", "command", "cost_curve", "bandwidth_gbs", "results"):
         assert key in loaded
     assert loaded["machine"]["packages"]["llama-cpp-python"]
-    learned = loaded["cost_curve_learned"]["ratios"]  # the online refinement is reported
-    assert len(learned) == len(loaded["cost_curve"]["ratios"]) and learned == sorted(learned)
     entries = {(r["dataset"], r["method"]): r for r in loaded["results"]}
     for ds in ("slots", "calls"):
         for m in ("pld", "tasc-spec", "llama-pld"):
@@ -155,8 +144,6 @@ def test_bench_report_round_trip_and_plots(model, data_root, tmp_path):
                 assert key in r
             assert r["rows"] == 3
         assert entries[(ds, "tasc-spec")]["identical_rows"] == 3  # exact against our plain
-        assert entries[(ds, "tasc-spec/fixed-cost")]["identical_rows"] == 3
-        assert entries[(ds, "tasc-spec/fixed-cost")]["baseline"] == "plain"
         for m in ("tasc-spec", "llama-pld"):  # first-forward time measured for ours and peers
             assert 0 < entries[(ds, m)]["ttft_ms_median"] and entries[(ds, m)]["decode_speedup_median"] > 0
     assert "| slots | tasc-spec | 3 | 3/3 |" in (tmp_path / "bench.md").read_text()
