@@ -285,8 +285,9 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
         try:
             tokens, secs, first = timed(peers[m], prompt, cfg.max_new_tokens, backend.stop_tokens)
         except (ValueError, RuntimeError) as e:
-            # a peer's own bug on one row (llama-cpp-python's prompt lookup overflows its logits
-            # buffer near n_ctx) is recorded and counted, not allowed to end the whole bench
+            # a peer's own bug on one row (llama-cpp-python's prompt lookup overflowed its logits
+            # buffer past 512 tokens until the peer set logits_all) is recorded and counted,
+            # not allowed to end the whole bench
             return RowRun(dataset, row.id, m, [], 0.0, 0.0, 0.0, error=f"{type(e).__name__}: {e}")
         text = backend.detokenize(tokens)
         return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output),
