@@ -55,7 +55,7 @@ from tasc_edge.model_drafter import ChainedDrafter, ModelDrafter
 from tasc_edge.runtime.bundle import load_table, open_drafter, open_target
 from tasc_edge.metrics import chrf, exact_match
 from tasc_edge.runtime.memory import RssSampler
-from tasc_edge.runtime.peers import PEER_BASELINE, load_peers, timed
+from tasc_edge.runtime.peers import PEER_BASELINE, FirstForwardClock, load_peers, timed
 from tasc_edge.runtime.run import check_exact_batching, reference_table
 from tasc_edge.tasks import load_task
 
@@ -291,15 +291,13 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
             return RowRun(dataset, row.id, m, [], 0.0, 0.0, 0.0, error=f"{type(e).__name__}: {e}")
         text = backend.detokenize(tokens)
         return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output),
-                      chrf(text, row.output), first_s=first[0], first_n=first[1])
+                      chrf(text, row.output), first_s=first.seconds, first_n=first.tokens)
     backend.prefill([])
-    first: list = []
-    start = time.perf_counter()
+    first = FirstForwardClock()
 
     def on_tokens(new: list[int]) -> bool:
-        if not first:
-            first.extend([time.perf_counter() - start, len(new)])
-        return False
+        first(len(new))
+        return False  # never stop the generation
 
     gamma, steps = method_gamma(m), None
     if m == "plain-unpadded":
@@ -319,7 +317,7 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
     return RowRun(dataset, row.id, m, g.tokens, s.total_s, exact_match(text, row.output),
                   chrf(text, row.output), s.tau, s.drafted, s.accepted, s.target_forwards,
                   s.forward_tokens, s.prefill_s, s.draft_s, s.verify_s, s.other_s, draft_steps,
-                  *(first or (None, None)))
+                  first.seconds, first.tokens)
 
 
 def machine_info() -> dict:

@@ -27,7 +27,8 @@ class Peer(Protocol):
     def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int],
                  on_first: Callable[[int], None]) -> list[int]:
         """Greedy tokens; `on_first(n)` runs once, when the first forward's n tokens land."""
-    ...
+        ...
+
     def cold(self) -> None: ...  # forget cached prompt tokens: the next call evaluates its prompt in full
     def close(self) -> None: ...
 
@@ -137,14 +138,23 @@ def load_peers(methods: list[str], model_path: Path, n_ctx: int, threads: int,
     return peers
 
 
+class FirstForwardClock:
+    """Seconds from its creation until the first forward's tokens landed, and how many there
+    were; later calls are ignored. One clock for our loop (`on_tokens`) and for the peers."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: float | None = None
+        self.tokens: int | None = None
+
+    def __call__(self, n: int) -> None:
+        if self.seconds is None:
+            self.seconds, self.tokens = time.perf_counter() - self.start, n
+
+
 def timed(peer: Peer, prompt: Sequence[int], max_new_tokens: int,
-          stops: frozenset[int]) -> tuple[list[int], float, tuple[float | None, int | None]]:
-    """Tokens, wall seconds, and (seconds, tokens) of the first forward's output."""
-    first: list = [None, None]
-    t = time.perf_counter()
-
-    def on_first(n: int) -> None:
-        first[:] = [time.perf_counter() - t, n]
-
-    out = peer.generate(prompt, max_new_tokens, stops, on_first)
-    return out, time.perf_counter() - t, (first[0], first[1])
+          stops: frozenset[int]) -> tuple[list[int], float, FirstForwardClock]:
+    """Tokens, wall seconds, and when the first forward's output arrived."""
+    clock = FirstForwardClock()
+    out = peer.generate(prompt, max_new_tokens, stops, clock)
+    return out, time.perf_counter() - clock.start, clock
