@@ -18,6 +18,9 @@ Methods:
   llama-pld      llama-cpp-python with LlamaPromptLookupDecoding, as users run it
   hf-plain       Hugging Face transformers generate() on the same GGUF in torch (fp32)
   hf-pld         transformers generate(prompt_lookup_num_tokens=10)
+With an ONNX --bundle the peers still run GGUF models: --model/--quant (default: the packaged
+model, q4_0), which must tokenize like the bundle (checked), so TASC-spec on onnxruntime and
+both peers are measured side by side in one run, each against its own plain loop.
 
 VocabTrim drafters (ONNX bundles exported with --drafter-layers; VARIANT = full | k<K>):
   model:VARIANT  the bundle's model drafter alone (full head, or trimmed to K target ids)
@@ -55,7 +58,9 @@ from tasc_edge.model_drafter import ChainedDrafter, ModelDrafter
 from tasc_edge.runtime.bundle import load_table, open_drafter, open_target
 from tasc_edge.metrics import chrf, exact_match
 from tasc_edge.runtime.memory import RssSampler
-from tasc_edge.runtime.peers import PEER_BASELINE, FirstForwardClock, load_peers, timed
+from tasc_edge.runtime.models import resolve_model
+from tasc_edge.runtime.peers import (PEER_BASELINE, FirstForwardClock, check_same_tokenizer,
+                                     load_peers, timed)
 from tasc_edge.runtime.run import check_exact_batching, reference_table
 from tasc_edge.tasks import load_task
 
@@ -152,10 +157,10 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     start_rss = memory.rss()
     backend, model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle)
     onnx = bundle is not None and bundle.format == "onnx"
-    if onnx and any(m in PEER_METHODS for m in methods):
-        backend.close()
-        raise TascError("the llama-* and hf-* peers run GGUF models; with an ONNX bundle use "
-                        "plain, plain-unpadded, pld, tasc-spec, tasc-spec+gen")
+    # The peers run GGUF models: with an ONNX bundle they load --model/--quant (default: the
+    # packaged model the bundle was exported from), checked below to tokenize like the bundle
+    peer_model = resolve_model(cfg.model, cfg.quant) if onnx and any(
+        m in PEER_METHODS for m in methods) else model_path
     variants = sorted({v for m in methods if (v := drafter_variant(m))})
     if variants and not onnx:
         backend.close()
@@ -173,9 +178,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         report["memory_mb"]["after_target"] = memory.rss() / 1e6
         report["kv_cache"] = backend.kv_type
         check_exact_batching(backend, cfg.max_draft + 1)
-        peers = {} if onnx else load_peers(
-            methods, model_path, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens,
-            (KV_TYPES[backend.type_k], KV_TYPES[backend.type_v]))
+        kv = (KV_TYPES["q8_0"], KV_TYPES["f16"]) if onnx else (
+            KV_TYPES[backend.type_k], KV_TYPES[backend.type_v])
+        peers = load_peers(methods, peer_model, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens, kv)
+        if peers:
+            report["peer_model"] = peer_model.name
+            check_same_tokenizer(peers, backend)
         report["memory_mb"]["after_peers"] = memory.rss() / 1e6
         # one drafter model per method: a drafter's KV cache follows that method's generations
         model_drafters = {m: open_drafter(bundle, v, backend, n_threads=backend.n_threads)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from tasc_edge.errors import require
+from tasc_edge.errors import TascError, require
 
 PEER_BASELINE = {"llama-plain": "llama-plain", "llama-pld": "llama-plain",
                  "hf-plain": "hf-plain", "hf-pld": "hf-plain"}
@@ -136,6 +136,22 @@ def load_peers(methods: list[str], model_path: Path, n_ctx: int, threads: int,
             hf_model = hf_model or load_hf_model(model_path, threads)
             peers[m] = HFPeer(hf_model, pld_tokens if m == "hf-pld" else None)
     return peers
+
+
+def check_same_tokenizer(peers: dict[str, Peer], backend) -> None:
+    """Peers are fed our token ids: refuse a peer model whose vocabulary is not the target's
+    (an ONNX bundle's peers load a GGUF; it must be the model the bundle was exported from)."""
+    probe = "Hello, world! SELECT name FROM t WHERE id = 3; {\"x\": [1, 2]}"
+    want = backend.tokenize(probe)
+    for name, peer in peers.items():
+        if isinstance(peer, LlamaPeer):
+            got = peer.llm.tokenize(probe.encode(), add_bos=False, special=False)
+            n_vocab = peer.llm.n_vocab()
+        else:
+            got, n_vocab = want, peer.model.config.vocab_size
+        if list(got) != list(want) or n_vocab != backend.n_vocab:
+            raise TascError(f"peer {name}'s model tokenizes unlike the target ({n_vocab} vs "
+                            f"{backend.n_vocab} tokens); pass the GGUF the bundle was made from with --model")
 
 
 class FirstForwardClock:

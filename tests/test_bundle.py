@@ -190,5 +190,25 @@ def test_bench_on_an_onnx_bundle(bundles, tmp_path):
     assert report["backend"] == "onnxruntime"
     assert by["tasc-spec+gen"]["identical_rows"] == 3 and by["tasc-spec+gen"]["acceptance"] > 0
     assert by["plain-unpadded"]["baseline"] == "plain-unpadded"
-    with pytest.raises(TascError, match="GGUF models"):
-        run_bench(replace(cfg, methods=["plain", "llama-pld"]), log=lambda *_: None)
+
+
+def test_bench_runs_the_peers_next_to_an_onnx_bundle(hf, bundles, tmp_path):
+    """The peers load the GGUF of the model the bundle came from, in the same run; a GGUF of
+    another vocabulary is refused before any row runs (peers are fed the bundle's token ids)."""
+    pytest.importorskip("llama_cpp")
+    from tasc_edge.export.gguf_write import write_gguf
+    from tasc_edge.runtime.bench import BenchConfig, run_bench
+    from tiny_gguf import write_tiny_gguf
+
+    gguf = write_gguf(hf, tmp_path / "tiny.gguf", log=lambda *_: None)
+    cfg = BenchConfig(datasets=["demo"], data_root=str(demo_data_root(tmp_path)), limit=2, max_new_tokens=16,
+                      methods=["plain", "tasc-spec+gen", "llama-pld", "hf-pld"], n_ctx=1024, threads=2,
+                      bundle=str(bundles["int4"]), model=str(gguf), quant="as-is", out=str(tmp_path / "out"))
+    report = run_bench(cfg, log=lambda *_: None)
+    by = {r["method"]: r for r in report["results"]}
+    assert report["backend"] == "onnxruntime" and report["peer_model"] == "tiny.gguf"
+    for peer, plain in (("llama-pld", "llama-plain"), ("hf-pld", "hf-plain")):  # each peer vs its own plain
+        assert by[peer]["baseline"] == plain and by[peer]["rows"] == by[peer]["identical_rows"] == 2
+    other = write_tiny_gguf(tmp_path / "other.gguf")
+    with pytest.raises(TascError, match="tokenizes unlike the target"):
+        run_bench(replace(cfg, model=str(other), out=str(tmp_path / "out2")), log=lambda *_: None)
