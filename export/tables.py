@@ -4,8 +4,9 @@ The base model's outputs can drift far from a dataset's references (it answers i
 words, formats, loops), and a drafter predicts the *model*, not the reference. So besides the
 reference outputs we can count the target's own greedy generations on the train prompts.
 Generating is slow, so it is resumable: each finished row is appended (and flushed) to
-`<out>.generated.jsonl.partial`; a re-run skips the rows already there, and the file is renamed
-to `<out>.generated.jsonl` only when every row is done.
+`<out>.generated.jsonl.partial`; a re-run skips the rows already there, and the rows are folded
+into `<out>.generated.jsonl` only when every row is done (a later run with more train rows
+extends that file the same way).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tasc_edge.cost import measure_cost_curve
 from tasc_edge.decode import GenerateConfig, generate
 from tasc_edge.drafters import make_drafter
 from tasc_edge.errors import TascError
+from tasc_edge.files import atomic_write_text
 from tasc_edge.ngram import NgramTable
 from tasc_edge.runtime.llama_backend import LlamaCppBackend
 from tasc_edge.runtime.models import resolve_model
@@ -74,13 +76,13 @@ def generated_corpus(backend, rows, reference: NgramTable,
                      cfg: ExportTablesConfig, out: Path, log) -> list[list[int]]:
     final = out.with_name(out.name + ".generated.jsonl")
     partial = final.with_name(final.name + ".partial")
-    done: dict[str, list[int]] = {}
-    if final.is_file():
-        done = _read_generated(final, backend.tokenizer_hash)
-    elif partial.is_file():
+    # final: an earlier complete corpus (a re-run with a larger --train-limit extends it);
+    # partial: rows generated since, appended and flushed one by one (an interrupt keeps them)
+    done = _read_generated(final, backend.tokenizer_hash) if final.is_file() else {}
+    if partial.is_file():
         _drop_cut_line(partial)
-        done = _read_generated(partial, backend.tokenizer_hash)
-        log(f"resuming: {len(done)} of {len(rows)} generations already in {partial}")
+        done.update(_read_generated(partial, backend.tokenizer_hash))
+        log(f"resuming: {len(done)} of {len(rows)} generations already in {final.name}(.partial)")
     todo = [r for r in rows if r.id not in done]
     if todo:
         # TASC-spec with the reference table: exact greedy output, just sooner
@@ -111,8 +113,10 @@ def generated_corpus(backend, rows, reference: NgramTable,
         if skipped:
             log(f"skipped {skipped} train prompts longer than the context ({backend.n_ctx} tokens "
                 f"minus {cfg.max_new_tokens} to generate); raise --n-ctx to include them")
-    if not final.is_file():
-        os.replace(partial, final)
+    if partial.is_file():  # complete: fold the new rows into the corpus file, atomically
+        earlier = final.read_text(encoding="utf-8") if final.is_file() else ""
+        atomic_write_text(final, earlier + partial.read_text(encoding="utf-8"))
+        partial.unlink()
     return [done[r.id] for r in rows if r.id in done and len(done[r.id]) >= 2]
 
 

@@ -2,6 +2,7 @@
 (exit code 2) for each kind of bad input, with the inputs left untouched."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -106,6 +107,17 @@ def test_export_generated_corpus_resumes(model, task, tmp_path, capsys):
     assert [json.loads(x)["tokens"] for x in gen.read_text().splitlines() if x.startswith("{\"id")][-1] == \
         json.loads(lines[-1])["tokens"]
     assert not partial.exists() and out.is_file()
+    # a smaller --train-limit first, then the full split: the re-run generates only the rest
+    # and the corpus file ends with every row once (it used to keep the first file and leave
+    # the new rows in a .partial that every later run regenerated)
+    gen.unlink()
+    assert run_cli(args + ["--train-limit", "2"], capsys)[0] == 0
+    assert len(gen.read_text().splitlines()) == 2
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0 and "generated 4/4" in stdout, err
+    assert sorted(gen.read_text().splitlines()) == sorted(lines) and not partial.exists()
+    code, stdout, _ = run_cli(args, capsys)
+    assert code == 0 and not re.search(r"generated \d+/", stdout)
 
 
 def test_console_script_is_installed():
