@@ -7,7 +7,7 @@ what is already there):
   2. tokenizer files (ONNX; a GGUF carries its own);
   3. one n-gram table per task, built with the bundle's own tokenizer, from reference outputs
      and/or the bundle model's own generations (`--corpus`);
-  4. VocabTrim drafters (ONNX, `--drafter-layers`): see export/vocabtrim.py;
+  4. VocabTrim drafters (`--drafter-layers`): see export/vocabtrim.py and export/gguf_drafter.py;
   5. manifest.json, last. A re-run deletes the old manifest first, so an interrupted re-export
      never leaves a bundle that looks complete.
 """
@@ -40,7 +40,7 @@ class ExportBundleConfig:
     onnx_quant: str = "int4"  # fp32 | int8 | int4
     gguf_quant: str = "q4_0"  # as-is | q4_0 | q4_1 | q8_0 | f16
     tables: ExportTablesConfig = field(default_factory=lambda: ExportTablesConfig(task="", out=""))
-    drafter: DrafterConfig | None = None  # VocabTrim drafters (ONNX bundles)
+    drafter: DrafterConfig | None = None  # VocabTrim drafters (ONNX, or GGUF for Llama-family models)
 
 
 def export_bundle(cfg: ExportBundleConfig, log=print) -> list[Path]:
@@ -49,9 +49,6 @@ def export_bundle(cfg: ExportBundleConfig, log=print) -> list[Path]:
     if not cfg.tasks:
         raise TascError("export needs at least one --task")
     formats = ["onnx", "gguf"] if cfg.format == "both" else [cfg.format]
-    if cfg.drafter is not None and cfg.format != "onnx":
-        raise TascError("VocabTrim drafters are exported for --format onnx only (the llama.cpp "
-                        "drafter path is not implemented yet)")
     root = Path(cfg.out)
     outs = []
     for fmt in formats:
@@ -128,7 +125,7 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
             t = time.perf_counter()
             drafters, drafter_files = export_drafters(
                 out, work, lambda: _hf_checkpoint(source, work, log), backend, cfg.tasks, cfg.tables,
-                cfg.drafter, quant, state, lambda st: _write_state(work, st), log)
+                cfg.drafter, quant, state, lambda st: _write_state(work, st), log, fmt)
             files += drafter_files
             timings["drafters_s"] = time.perf_counter() - t
         tokenizer_hash = backend.tokenizer_hash

@@ -27,7 +27,12 @@ USER_DEFINED, CONTROL, NORMAL = 4, 3, 1
 RESIZED = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 
 
-def write_gguf(hf_dir: Path, out: Path, log=print) -> Path:
+def write_gguf(hf_dir: Path, out: Path, log=print, base: Path | None = None,
+               keep_rows: np.ndarray | None = None) -> Path:
+    """`base`: the GGUF whose metadata to copy (default: the checkpoint's base.json).
+    `keep_rows`: a VocabTrim drafter for llama.cpp (export/gguf_drafter.py): the vocabulary
+    becomes len(keep_rows) placeholder tokens, token_embd and an explicit output matrix keep
+    those rows (the head then *is* the trimmed head; inputs arrive as embeddings)."""
     gguf = require("gguf", "export")
     config = json.loads((hf_dir / "config.json").read_text())
     if config.get("model_type") not in ("llama",):
@@ -36,18 +41,26 @@ def write_gguf(hf_dir: Path, out: Path, log=print) -> Path:
                         "convert_hf_to_gguf.py")
     weights = _load_weights(hf_dir)
     n_vocab = weights["model.embed_tokens.weight"].shape[0]
-    base = _base_gguf(hf_dir)
+    base = base or _base_gguf(hf_dir)
+    tied = "lm_head.weight" not in weights or config.get("tie_word_embeddings", False)
+    if keep_rows is not None:
+        if base is None:
+            raise TascError(f"{hf_dir}: a trimmed drafter GGUF needs the target's GGUF for its hyperparameters")
+        head = weights["model.embed_tokens.weight" if tied else "lm_head.weight"]
+        weights["lm_head.weight"] = head[keep_rows]
+        weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"][keep_rows]
+        tied, n_vocab = False, len(keep_rows)
     tmp = out.with_name(out.name + ".tmp")
     writer = gguf.GGUFWriter(str(tmp), "llama")
     if base is not None:
         log(f"GGUF metadata from the base model {base.name}")
-        _copy_metadata(gguf, gguf.GGUFReader(str(base)), writer, hf_dir, n_vocab)
+        _copy_metadata(gguf, gguf.GGUFReader(str(base)), writer, hf_dir, n_vocab,
+                       config["num_hidden_layers"], placeholder_vocab=keep_rows is not None)
     else:
         _metadata_from_hf(gguf, writer, hf_dir, config, n_vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
     n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    tied = "lm_head.weight" not in weights or config.get("tie_word_embeddings", False)
     for key, w in weights.items():
         if key == "lm_head.weight" and tied:
             continue  # llama.cpp reads a tied head from token_embd
@@ -104,14 +117,31 @@ def _new_tokens(hf_dir: Path, n_base: int, n_vocab: int) -> list[str]:
     return tokens
 
 
-def _copy_metadata(gguf, reader, writer, hf_dir: Path, n_vocab: int) -> None:
+def _copy_metadata(gguf, reader, writer, hf_dir: Path, n_vocab: int, n_layer: int,
+                   placeholder_vocab: bool = False) -> None:
     fields = reader.fields
+    # what the checkpoint may change: the vocabulary size, and the depth (a drafter made of
+    # the base model's first layers)
+    resized = {"llama.vocab_size": n_vocab, "llama.block_count": n_layer}
+    if placeholder_vocab:  # never tokenizes: ids are positions in the kept list
+        for key, field in fields.items():
+            if key.startswith(("GGUF.", "tokenizer.")) or key in ("general.architecture", "general.file_type"):
+                continue
+            value = resized[key] if key in resized else field.contents()
+            sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+            writer.add_key_value(key, value, field.types[0], sub)
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list([f"<kept{i}>" for i in range(n_vocab)])
+        writer.add_token_types([NORMAL] * n_vocab)
+        writer.add_token_scores([0.0] * n_vocab)
+        writer.add_add_bos_token(False)
+        return
     n_base = len(fields["tokenizer.ggml.tokens"].contents())
     new = _new_tokens(hf_dir, n_base, n_vocab)
     for key, field in fields.items():
         if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type") or key in RESIZED:
             continue
-        value = n_vocab if key == "llama.vocab_size" else field.contents()
+        value = resized[key] if key in resized else field.contents()
         sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, value, field.types[0], sub)
     writer.add_token_list(fields["tokenizer.ggml.tokens"].contents() + new)

@@ -2,6 +2,7 @@
 
     bundle/drafter/full/   model.onnx + tokenizer files          (untrimmed head, if asked)
     bundle/drafter/k4096/  model.onnx + tokenizer files + kept.npz (head keeps 4096 target ids)
+GGUF bundles get model.gguf (+ embed.npy) per variant instead: see export/gguf_drafter.py.
 
 Calibration sources (`--calib`, as in the paper): `target` = the target's own greedy outputs
 on the train prompts (the tables step's generated corpus, made here if the tables did not
@@ -20,6 +21,7 @@ from pathlib import Path
 from tasc_edge.errors import TascError
 from tasc_edge.export.drafter import (DrafterConfig, build_self_drafter, distill, drafter_generations,
                                       load_target, save_drafter, top1_agreement)
+from tasc_edge.export.gguf_drafter import export_gguf_drafter, gguf_step_bytes
 from tasc_edge.export.onnx import export_onnx, step_bytes
 from tasc_edge.export.tables import _read_generated, generated_corpus
 from tasc_edge.ngram import NgramTable
@@ -29,9 +31,11 @@ from tasc_edge.vocab_trim import KeptVocab, choose_kept, token_counts
 
 
 def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], tables_cfg,
-                    dcfg: DrafterConfig, quant: str, state: dict, save_state, log) -> tuple[dict, list[dict]]:
+                    dcfg: DrafterConfig, quant: str, state: dict, save_state, log,
+                    fmt: str = "onnx") -> tuple[dict, list[dict]]:
     """(manifest["drafters"], file entries). `backend` is the bundle's target (tokenizer and
-    generation); `hf_dir()` stages its torch checkpoint (only called when distilling)."""
+    generation); `hf_dir()` stages its torch checkpoint (only called when distilling). `fmt`:
+    the bundle's format; GGUF drafters are written by export/gguf_drafter.py."""
     end = backend.end_of_turn()
     loaded = [(Path(t).name.removesuffix(".jsonl") or "task", load_task(t)) for t in tasks]
     prompts, generated, references = [], [], []
@@ -95,17 +99,22 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
             kept = choose_kept(counts, backend.tokenizer_hash, calib, coverage=dcfg.coverage, always=always)
             variants[f"k{kept.k}{suffix}"] = kept
 
-    target_bytes = step_bytes(out / "model.onnx")
+    model_file = "model.onnx" if fmt == "onnx" else "model.gguf"
+    weight_bytes = step_bytes if fmt == "onnx" else gguf_step_bytes
+    target_bytes = weight_bytes(out / model_file)
     entries, files = {}, []
     for variant, kept in variants.items():
         folder = out / "drafter" / variant
-        vkey = f"{key}|{quant}|{None if kept is None else (kept.calib, kept.k, kept.calib_tokens)}"
-        if state.get(f"drafter:{variant}") != vkey or not (folder / "model.onnx").is_file():
+        vkey = f"{fmt}|{key}|{quant}|{None if kept is None else (kept.calib, kept.k, kept.calib_tokens)}"
+        if state.get(f"drafter:{variant}") != vkey or not (folder / model_file).is_file():
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-            log(f"exporting drafter {variant} ({quant})")
-            export_onnx(drafter_dir, work / "drafter-onnx", folder, quant, log,
-                        keep_rows=None if kept is None else kept.ids)
+            log(f"exporting drafter {variant} ({fmt} {quant})")
+            if fmt == "onnx":
+                export_onnx(drafter_dir, work / "drafter-onnx", folder, quant, log,
+                            keep_rows=None if kept is None else kept.ids)
+            else:
+                export_gguf_drafter(drafter_dir, out / model_file, work, folder, kept, quant, log)
             if kept is not None:
                 kept.save(folder / "kept.npz")
             state[f"drafter:{variant}"] = vkey
@@ -113,7 +122,7 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         kept = KeptVocab.load(folder / "kept.npz") if (folder / "kept.npz").is_file() else None
         files += [file_entry(out, f, f"VocabTrim drafter {variant}") for f in sorted(folder.iterdir())
                   if f.is_file()]
-        bytes_ = step_bytes(folder / "model.onnx")
+        bytes_ = weight_bytes(folder / model_file)
         entries[variant] = {
             "dir": f"drafter/{variant}", "k": None if kept is None else kept.k,
             "coverage": 1.0 if kept is None else kept.coverage,

@@ -22,7 +22,7 @@ With an ONNX --bundle the peers still run GGUF models: --model/--quant (default:
 model, q4_0), which must tokenize like the bundle (checked), so TASC-spec on onnxruntime and
 both peers are measured side by side in one run, each against its own plain loop.
 
-VocabTrim drafters (ONNX bundles exported with --drafter-layers; VARIANT = full | k<K>):
+VocabTrim drafters (bundles exported with --drafter-layers; VARIANT = full | k<K>):
   model:VARIANT  the bundle's model drafter alone (full head, or trimmed to K target ids)
   chained:VARIANT tasc-spec+gen n-grams first, the model drafter only where they have no draft
   MBSU for these counts the drafter's reads: tokens / (target forwards + c * drafter steps),
@@ -162,9 +162,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     peer_model = resolve_model(cfg.model, cfg.quant) if onnx and any(
         m in PEER_METHODS for m in methods) else model_path
     variants = sorted({v for m in methods if (v := drafter_variant(m))})
-    if variants and not onnx:
+    if variants and bundle is None:
         backend.close()
-        raise TascError("model:/chained: drafters need an ONNX --bundle exported with --drafter-layers")
+        raise TascError("model:/chained: drafters need a --bundle exported with --drafter-layers")
     if "plain-unpadded" in methods and not onnx:
         backend.close()
         raise TascError("plain-unpadded exists for the ONNX backend only (--bundle of format onnx)")

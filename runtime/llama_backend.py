@@ -55,7 +55,11 @@ class LlamaCppBackend:
     """Backend protocol (prefill / forward / rollback) plus the model's tokenizer and template."""
 
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512, kv_type: str = "q8_0/f16", reuse_prefix: bool = True) -> None:
+                 n_batch: int = 512, kv_type: str = "q8_0/f16", reuse_prefix: bool = True,
+                 input_embeddings: np.ndarray | None = None) -> None:
+        """`input_embeddings` [n_vocab, n_embd]: feed rows of it (llama_batch.embd) instead of
+        token ids - a VocabTrim drafter GGUF, whose own vocabulary is its K kept ids, reads
+        target-vocabulary inputs this way (export/gguf_drafter.py)."""
         self._lib = require("llama_cpp", "runtime")
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -83,7 +87,11 @@ class LlamaCppBackend:
         self._ctx = self.llm.ctx
         self._memory = self._lib.llama_get_memory(self._ctx)
         self._vocab = self._lib.llama_model_get_vocab(self.llm.model)
-        self._batch = self._lib.llama_batch_init(n_batch, 0, 1)
+        self._embd = input_embeddings
+        if input_embeddings is not None and input_embeddings.shape[1] != self.llm.n_embd():
+            raise TascError(f"{model_path}: input embeddings of width {input_embeddings.shape[1]}, "
+                            f"the model's is {self.llm.n_embd()}")
+        self._batch = self._lib.llama_batch_init(n_batch, 0 if input_embeddings is None else self.llm.n_embd(), 1)
         self.stop_tokens, self.tokenizer_hash = self._scan_vocab()
 
     def close(self) -> None:
@@ -127,8 +135,12 @@ class LlamaCppBackend:
             raise TascError(f"context full: {self.n_past} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
         b = self._batch
         b.n_tokens = len(tokens)
+        if self._embd is not None:
+            rows = np.ascontiguousarray(self._embd[np.asarray(tokens, dtype=np.int64)], dtype=np.float32)
+            ctypes.memmove(b.embd, rows.ctypes.data, rows.nbytes)
         for i, t in enumerate(tokens):
-            b.token[i] = int(t)
+            if self._embd is None:
+                b.token[i] = int(t)
             b.pos[i] = self.n_past + i
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = 0
