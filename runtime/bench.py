@@ -183,7 +183,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         peers = load_peers(methods, peer_model, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens, kv)
         if peers:
             report["peer_model"] = peer_model.name
-            check_same_tokenizer(peers, backend)
+            try:
+                check_same_tokenizer(peers, backend)
+            except TascError:
+                for peer in peers.values():
+                    peer.close()
+                raise
         report["memory_mb"]["after_peers"] = memory.rss() / 1e6
         # one drafter model per method: a drafter's KV cache follows that method's generations
         model_drafters = {m: open_drafter(bundle, v, backend, n_threads=backend.n_threads)
