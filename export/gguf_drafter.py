@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from tasc_edge.errors import require
-from tasc_edge.export.gguf_write import write_gguf
+from tasc_edge.export.gguf_write import _load_weights, write_gguf
 from tasc_edge.files import atomic_write_bytes
 from tasc_edge.runtime.models import resolve_model
 from tasc_edge.vocab_trim import KeptVocab
@@ -48,12 +48,7 @@ def export_gguf_drafter(hf_dir: Path, target_gguf: Path, work: Path, folder: Pat
 
 
 def _input_embeddings(hf_dir: Path) -> np.ndarray:
-    safetensors = require("safetensors", "export")
-    for f in sorted(hf_dir.glob("*.safetensors")):
-        with safetensors.safe_open(str(f), framework="pt") as st:
-            if "model.embed_tokens.weight" in st.keys():
-                return st.get_tensor("model.embed_tokens.weight").float().numpy().astype(np.float16)
-    raise FileNotFoundError(f"{hf_dir}: no model.embed_tokens.weight")
+    return _load_weights(hf_dir)["model.embed_tokens.weight"].astype(np.float16)
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:

@@ -123,27 +123,24 @@ def _copy_metadata(gguf, reader, writer, hf_dir: Path, n_vocab: int, n_layer: in
     # what the checkpoint may change: the vocabulary size, and the depth (a drafter made of
     # the base model's first layers)
     resized = {"llama.vocab_size": n_vocab, "llama.block_count": n_layer}
+    new = [] if placeholder_vocab else _new_tokens(hf_dir, len(fields["tokenizer.ggml.tokens"].contents()), n_vocab)
+
+    def rewritten(key: str) -> bool:  # a placeholder vocabulary replaces every tokenizer key
+        return key.startswith("tokenizer.") if placeholder_vocab else key in RESIZED
+
+    for key, field in fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type") or rewritten(key):
+            continue
+        value = resized[key] if key in resized else field.contents()
+        sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, field.types[0], sub)
     if placeholder_vocab:  # never tokenizes: ids are positions in the kept list
-        for key, field in fields.items():
-            if key.startswith(("GGUF.", "tokenizer.")) or key in ("general.architecture", "general.file_type"):
-                continue
-            value = resized[key] if key in resized else field.contents()
-            sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(key, value, field.types[0], sub)
         writer.add_tokenizer_model("llama")
         writer.add_token_list([f"<kept{i}>" for i in range(n_vocab)])
         writer.add_token_types([NORMAL] * n_vocab)
         writer.add_token_scores([0.0] * n_vocab)
         writer.add_add_bos_token(False)
         return
-    n_base = len(fields["tokenizer.ggml.tokens"].contents())
-    new = _new_tokens(hf_dir, n_base, n_vocab)
-    for key, field in fields.items():
-        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type") or key in RESIZED:
-            continue
-        value = resized[key] if key in resized else field.contents()
-        sub = field.types[1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(key, value, field.types[0], sub)
     writer.add_token_list(fields["tokenizer.ggml.tokens"].contents() + new)
     writer.add_token_types(fields["tokenizer.ggml.token_type"].contents() + [USER_DEFINED] * len(new))
     if "tokenizer.ggml.scores" in fields:

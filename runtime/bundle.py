@@ -152,18 +152,26 @@ def open_drafter(bundle: Bundle, variant: str, target, sampling=None, seed: int 
                         f"{', '.join(drafter_variants(bundle)) or 'none'}; export with --drafter-layers)")
     folder = bundle.path / entry["dir"]
     kept = KeptVocab.load(folder / "kept.npz", target.tokenizer_hash) if entry.get("k") else None
-    if bundle.format == "gguf" and kept is not None:
-        # its own vocabulary is the K kept ids (placeholders): inputs arrive as rows of the
-        # target-vocabulary embedding table; the kept list above carries the tokenizer check
+    embed = None
+    if bundle.format == "gguf":
         from tasc_edge.runtime.llama_backend import LlamaCppBackend
 
-        embed = np.load(folder / "embed.npy", mmap_mode="r", allow_pickle=False)
-        if embed.shape[0] != target.n_vocab:
-            raise TascError(f"{folder}/embed.npy has {embed.shape[0]} rows, the target's vocabulary "
-                            f"{target.n_vocab}; a drafter must share the target's tokenizer")
+        if kept is not None:
+            # its own vocabulary is the K kept ids (placeholders): inputs arrive as rows of the
+            # target-vocabulary embedding table; the kept list above carries the tokenizer check
+            embed = np.load(folder / "embed.npy", mmap_mode="r", allow_pickle=False)
+            if embed.shape[0] != target.n_vocab:
+                raise TascError(f"{folder}/embed.npy has {embed.shape[0]} rows, the target's vocabulary "
+                                f"{target.n_vocab}; a drafter must share the target's tokenizer")
         backend = LlamaCppBackend(folder / "model.gguf", n_ctx=target.n_ctx, n_threads=n_threads,
                                   input_embeddings=embed)
-        return ModelDrafter(backend, target.n_vocab, kept, sampling, seed, config)
+    else:  # drafts need not be bit-exact, so the drafter skips the pad row the target needs
+        backend = OnnxBackend(folder / "model.onnx", n_ctx=target.n_ctx, n_threads=n_threads, min_rows=1)
+    if embed is None and backend.tokenizer_hash != target.tokenizer_hash:
+        backend.close()
+        raise TascError(f"{folder}: the drafter's tokenizer {backend.tokenizer_hash[:12]} is not the "
+                        f"target's {target.tokenizer_hash[:12]}; a drafter must share the target's tokenizer")
+    return ModelDrafter(backend, target.n_vocab, kept, sampling, seed, config)
     if bundle.format == "gguf":
         from tasc_edge.runtime.llama_backend import LlamaCppBackend
 

@@ -48,16 +48,18 @@ def test_manifest_lists_drafters_with_bytes_and_coverage(bundle_path):
     assert full["distill"]["steps"] == 20 and full["distill"]["kl_last"] is not None
 
 
-def test_trimmed_drafters_are_exact_against_the_onnx_target(bundle_path):
+def assert_drafters_exact(bundle_path, variants, check=lambda model, target, prompt: None) -> None:
+    """Greedy output with each drafter variant, alone and chained behind the bundle's task
+    n-grams, equals plain greedy on 6 demo prompts, with drafts made; `check` adds per-model
+    assertions. Shared by the ONNX and the GGUF drafter tests."""
     bundle = load_bundle(bundle_path)
     with open_backend(bundle, n_ctx=1024, n_threads=2) as target:
         cfg = GenerateConfig(max_new_tokens=32, max_draft=8, stop_tokens=target.stop_tokens)
         ps = [target.chat_prompt(r.prompt) for r in load_task("demo").test[:6]]
         refs = [generate(target, p, None, cfg).tokens for p in ps]
         table = load_table(bundle, "demo", target.tokenizer_hash)
-        for variant in ("full", "k48"):
+        for variant in variants:
             model = open_drafter(bundle, variant, target, n_threads=1)
-            assert model.backend.n_vocab == (model.kept.k if model.kept else target.n_vocab)
             drafted = 0
             for drafter in (model, ChainedDrafter(NgramDrafter(table), model)):
                 for p, ref in zip(ps, refs):
@@ -65,10 +67,18 @@ def test_trimmed_drafters_are_exact_against_the_onnx_target(bundle_path):
                     assert g.tokens == ref
                     drafted += g.stats.drafted
             assert drafted > 0 and model.steps > 0
-            if model.kept is not None:
-                model.begin(ps[0])
-                assert set(model.draft(4).tokens) <= set(model.kept.ids.tolist())
+            check(model, target, ps[0])
             model.close()
+
+
+def test_trimmed_drafters_are_exact_against_the_onnx_target(bundle_path):
+    def check(model, target, prompt) -> None:
+        assert model.backend.n_vocab == (model.kept.k if model.kept else target.n_vocab)
+        if model.kept is not None:
+            model.begin(prompt)
+            assert set(model.draft(4).tokens) <= set(model.kept.ids.tolist())
+
+    assert_drafters_exact(bundle_path, ("full", "k48"), check)
 
 
 def test_drafter_with_another_tokenizer_is_refused(bundle_path, tmp_path):

@@ -12,16 +12,14 @@ pytest.importorskip("llama_cpp")
 pytest.importorskip("torch")
 pytest.importorskip("gguf")
 
-from tasc_edge.decode import GenerateConfig, generate  # noqa: E402
-from tasc_edge.drafters import NgramDrafter  # noqa: E402
 from tasc_edge.errors import TascError  # noqa: E402
 from tasc_edge.export.bundle import ExportBundleConfig, export_bundle  # noqa: E402
 from tasc_edge.export.drafter import DrafterConfig  # noqa: E402
 from tasc_edge.export.tables import ExportTablesConfig  # noqa: E402
-from tasc_edge.model_drafter import ChainedDrafter  # noqa: E402
-from tasc_edge.runtime.bundle import load_bundle, load_table, open_backend, open_drafter  # noqa: E402
+from tasc_edge.runtime.bundle import load_bundle, open_backend, open_drafter  # noqa: E402
 from tasc_edge.tasks import load_task  # noqa: E402
 from test_bundle import demo_data_root, hf  # noqa: E402,F401  (module fixture)
+from test_vocabtrim_bundle import assert_drafters_exact  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +63,7 @@ def test_trimmed_logits_are_the_full_drafters_at_the_kept_ids(bundle_path):
 
 
 def test_gguf_drafters_are_exact_against_the_llama_target(bundle_path):
-    bundle = load_bundle(bundle_path)
-    with open_backend(bundle, n_ctx=1024, n_threads=2) as target:
-        cfg = GenerateConfig(max_new_tokens=32, max_draft=8, stop_tokens=target.stop_tokens)
-        ps = [target.chat_prompt(r.prompt) for r in load_task("demo").test[:6]]
-        refs = [generate(target, p, None, cfg).tokens for p in ps]
-        table = load_table(bundle, "demo", target.tokenizer_hash)
-        for variant in ("full", "k48"):
-            model = open_drafter(bundle, variant, target, n_threads=1)
-            drafted = 0
-            for drafter in (model, ChainedDrafter(NgramDrafter(table), model)):
-                for p, ref in zip(ps, refs):
-                    g = generate(target, p, drafter, cfg)
-                    assert g.tokens == ref
-                    drafted += g.stats.drafted
-            assert drafted > 0 and model.steps > 0
-            model.close()
+    assert_drafters_exact(bundle_path, ("full", "k48"))
 
 
 def test_trimmed_gguf_drafter_refuses_another_vocabulary(bundle_path, tmp_path):
