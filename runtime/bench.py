@@ -53,6 +53,7 @@ from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_text, sha256_file
 from tasc_edge.ngram import NgramTable
 from tasc_edge.predict import measure_bandwidth
+from tasc_edge.prefix_cache import PrefixCache
 from tasc_edge.runtime.llama_backend import KV_TYPES, LlamaCppBackend
 from tasc_edge.model_drafter import ChainedDrafter, ModelDrafter
 from tasc_edge.runtime.bundle import load_table, open_drafter, open_target
@@ -111,6 +112,9 @@ class BenchConfig:
     repeats: int = 1  # runs of every method per row; the median time counts
     gamma_sweep: list[int] = field(default_factory=list)  # fixed draft lengths for tau-vs-gamma
     sweep_rows: int = 10  # rows per dataset that also run the sweep
+    # MB of earlier prompts' KV kept for reuse (0 = every request cold): a task's requests share
+    # their instruction / schema / tool list, which a serving device would not evaluate twice
+    prefix_cache_mb: float = 0
 
 
 @dataclass
@@ -138,6 +142,7 @@ class RowRun:
     first_s: float | None = None
     first_n: int | None = None
     error: str | None = None  # the method failed on this row (peers only); excluded from stats
+    reused_tokens: int | None = None  # prompt tokens taken from the prefix cache
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
@@ -168,6 +173,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     if "plain-unpadded" in methods and not onnx:
         backend.close()
         raise TascError("plain-unpadded exists for the ONNX backend only (--bundle of format onnx)")
+    if cfg.prefix_cache_mb > 0 and any(m.startswith("hf-") for m in methods):
+        backend.close()
+        raise TascError("the transformers peers (hf-*) have no prefix cache here: run them in a "
+                        "bench without --prefix-cache-mb rather than cold against a warm cache")
+    if cfg.prefix_cache_mb > 0:
+        backend.prefix_cache = _frozen_cache(cfg.prefix_cache_mb)
     report = {"schema": "tasc-edge.bench/1", "command": " ".join(sys.argv), "config": asdict(cfg),
               "model": model_path.name, "model_bytes": model_path.stat().st_size,
               "model_sha256": sha256_file(model_path), "machine": machine_info(),
@@ -190,6 +201,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                     peer.close()
                 raise
         report["memory_mb"]["after_peers"] = memory.rss() / 1e6
+        for peer in peers.values():
+            if cfg.prefix_cache_mb > 0:  # the llama.cpp peers: same budget, same freezing
+                peer.prefix_cache = _frozen_cache(cfg.prefix_cache_mb)
         # one drafter model per method: a drafter's KV cache follows that method's generations
         model_drafters = {m: open_drafter(bundle, v, backend, n_threads=backend.n_threads)
                           for m in methods if (v := drafter_variant(m))}
@@ -230,6 +244,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                                 tries[m].append(_one_run(m, name, row, prompt, backend, drafters,
                                                          peers, gen_cfg, curve, cfg))
                     runs.extend(_median_run(tries[m]) for m in order)
+                    if cfg.prefix_cache_mb > 0:
+                        _remember_prompt(prompt, backend, peers)
                     if i == len(rows) - 1:  # a checkpoint per dataset: even kill -9 keeps those
                         _finish(report, runs, cfg, curve, memory, table_bytes, final=False)
                     done_rows += 1
@@ -254,6 +270,29 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     return report
 
 
+def _frozen_cache(mb: float) -> PrefixCache:
+    cache = PrefixCache(int(mb * 2**20))
+    cache.frozen = True  # only _remember_prompt stores (not the exactness check, not a method)
+    return cache
+
+
+def _remember_prompt(prompt: list[int], backend, peers: dict) -> None:
+    """Put this row's prompt into every prefix cache, untimed, after all methods ran: each
+    method of a row meets the cache the earlier rows left (the caches are frozen during the
+    timed runs), never its own prompt evaluated by the method before it."""
+    caches = [backend.prefix_cache, *(p.prefix_cache for p in peers.values())]
+    for c in caches:
+        c.frozen = False
+    backend.prefill([])
+    backend.prefill(prompt[:-1])
+    backend.prefill([])
+    for peer in peers.values():
+        peer.remember(prompt)
+        peer.cold()
+    for c in caches:
+        c.frozen = True
+
+
 def _median_run(tries: list[RowRun]) -> RowRun:
     """The run with the median wall time (outputs are identical across repeats when greedy)."""
     ok = sorted((r for r in tries if not r.error), key=lambda r: r.total_s)
@@ -276,6 +315,9 @@ def _finish(report: dict, runs: list[RowRun], cfg: BenchConfig, curve: CostCurve
             memory: RssSampler, table_bytes: dict, final: bool = True) -> None:
     report["memory_mb"]["peak_by_method"] = {m: v / 1e6 for m, v in memory.peak.items()}
     report["table_bytes"] = table_bytes
+    if cfg.prefix_cache_mb > 0:
+        report["prefix_cache"] = {"mb": cfg.prefix_cache_mb, "mode": "earlier rows' prompts, frozen "
+                                  "while a request is timed"}
     c = {m: report["drafters"][v]["c"] for m in cfg.methods
          if (v := drafter_variant(m)) and v in report.get("drafters", {})}
     report["results"] = summarise(runs, cfg.methods + [sweep_method(g) for g in cfg.gamma_sweep],
@@ -304,7 +346,8 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
             return RowRun(dataset, row.id, m, [], 0.0, 0.0, 0.0, error=f"{type(e).__name__}: {e}")
         text = backend.detokenize(tokens)
         return RowRun(dataset, row.id, m, tokens, secs, exact_match(text, row.output),
-                      chrf(text, row.output), first_s=first.seconds, first_n=first.tokens)
+                      chrf(text, row.output), first_s=first.seconds, first_n=first.tokens,
+                      reused_tokens=getattr(peers[m], "reused_tokens", None) if cfg.prefix_cache_mb > 0 else None)
     backend.prefill([])
     first = FirstForwardClock()
 
@@ -330,7 +373,8 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
     return RowRun(dataset, row.id, m, g.tokens, s.total_s, exact_match(text, row.output),
                   chrf(text, row.output), s.tau, s.drafted, s.accepted, s.target_forwards,
                   s.forward_tokens, s.prefill_s, s.draft_s, s.verify_s, s.other_s, draft_steps,
-                  first.seconds, first.tokens)
+                  first.seconds, first.tokens,
+                  reused_tokens=backend.reused_tokens if backend.prefix_cache is not None else None)
 
 
 def machine_info() -> dict:
@@ -474,6 +518,8 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
                 "mean_accepted_length": None, "drafted_wasted": None, "time_split": None,
                 "speedup_predicted": None, "gamma": method_gamma(m),
                 "peak_rss_mb": peak_mb.get(m),
+                "prompt_tokens_reused_mean": (statistics.fmean(r.reused_tokens for r in mine)
+                                              if all(r.reused_tokens is not None for r in mine) else None),
                 "rss_delta_mb": (peak_mb[m] - peak_mb[base]) if m in peak_mb and base in peak_mb else None,
             }
             if ours:
@@ -500,10 +546,14 @@ def markdown(report: dict) -> str:
     lines = [f"# tasc-edge bench: {report['model']}", "",
              f"Verify cost on this machine: t(1) = {curve.get('step_ms', 0):.1f} ms; t(k)/t(1) for "
              "k = 1.. = " + " ".join(f"{r:.2f}" for r in curve.get("ratios", [])), "",
+             (f"Prompt-prefix cache: {report['prefix_cache']['mb']:g} MB of earlier rows' prompts "
+              "(each request meets the cache the earlier rows left; `prompt reused` = mean prompt "
+              "tokens restored from it)." if report.get("prefix_cache") else
+              "Every request cold: no prompt-prefix cache."), "",
              "| dataset | method | rows | identical | speed-up vs own plain, median [IQR] | "
              "vs fastest plain | decode phase vs own plain | TTFT ms | tau | MBSU | predicted from t(k) | acceptance | tok/s | exact | chrF | "
-             "peak RSS MB (+ over baseline) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak RSS MB (+ over baseline) | prompt reused |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         lines.append(
             f"| {r['dataset']} | {r['method']} | {r['rows']} | {r['identical_rows']}/{r['rows']} | "
@@ -512,7 +562,7 @@ def markdown(report: dict) -> str:
             f"{f(r.get('decode_speedup_median'), '.2f')}x | {f(r.get('ttft_ms_median'), '.0f')} | {f(r['tau_mean'], '.2f')} | {f(r['mbsu'], '.2f')} | "
             f"{f(r['speedup_predicted'], '.2f')} | {f(r['acceptance'], '.2f')} | {r['tokens_per_s']:.1f} | "
             f"{r['exact_match']:.2f} | {r['chrf']:.1f} | {f(r.get('peak_rss_mb'), '.0f')} "
-            f"({f(r.get('rss_delta_mb'), '+.1f')}) |")
+            f"({f(r.get('rss_delta_mb'), '+.1f')}) | {f(r.get('prompt_tokens_reused_mean'), '.0f')} |")
     if report.get("partial"):
         lines += ["", "**Partial**: a checkpoint written after each dataset; the run did not finish."]
     if report.get("interrupted"):

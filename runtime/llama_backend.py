@@ -23,6 +23,9 @@ the cache and decodes only the rest, as llama-cpp-python's `Llama.generate` does
 for the same reason batched verification is: with the Q8_0 K cache a row's logits do not
 depend on how the sequence was split into batches. (With the default F16 cache they do:
 llama-cpp-python's own prefix reuse changed a greedy snips output from 128 tokens to 5.)
+With a `PrefixCache` the same reuse reaches back past the last prompt: a snapshot is the
+sequence's state blob (`llama_state_seq_get_data`: its KV cells, copied out), restored with
+`llama_state_seq_set_data` and cut to the shared length.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 
 from tasc_edge.decode import common_prefix_length
 from tasc_edge.errors import TascError, require
+from tasc_edge.prefix_cache import PrefixCache
 from tasc_edge.tasks import end_of_turn_token
 
 KV_TYPES = {"f16": 1, "q8_0": 8}  # enum ggml_type
@@ -56,7 +60,7 @@ class LlamaCppBackend:
 
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, kv_type: str = "q8_0/f16", reuse_prefix: bool = True,
-                 input_embeddings: np.ndarray | None = None) -> None:
+                 input_embeddings: np.ndarray | None = None, prefix_cache_mb: float = 0) -> None:
         """`input_embeddings` [n_vocab, n_embd]: feed rows of it (llama_batch.embd) instead of
         token ids - a VocabTrim drafter GGUF, whose own vocabulary is its K kept ids, reads
         target-vocabulary inputs this way (export/gguf_drafter.py)."""
@@ -93,6 +97,8 @@ class LlamaCppBackend:
                             f"the model's is {self.llm.n_embd()}")
         self._batch = self._lib.llama_batch_init(n_batch, 0 if input_embeddings is None else self.llm.n_embd(), 1)
         self.stop_tokens, self.tokenizer_hash = self._scan_vocab()
+        self.prefix_cache: PrefixCache | None = (
+            PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None)
 
     def close(self) -> None:
         if self._batch is not None:
@@ -109,11 +115,24 @@ class LlamaCppBackend:
     # -- backend protocol --------------------------------------------------------------------
     def prefill(self, tokens: Sequence[int]) -> None:
         keep = common_prefix_length(self._cached, tokens) if self.reuse_prefix else 0
+        hit = self.prefix_cache.lookup(tokens) if self.prefix_cache is not None else None
+        if hit is not None and hit.tokens > keep:
+            blob, cached = hit.snapshot
+            self._lib.llama_memory_seq_rm(self._memory, 0, 0, -1)
+            if self._lib.llama_state_seq_set_data(self._ctx, blob, len(blob), 0) == 0:
+                raise RuntimeError("llama_state_seq_set_data could not restore a cached prefix")
+            self._cached, keep = list(cached), hit.tokens
         self._lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
         self.n_past, self.reused_tokens = keep, keep
         del self._cached[keep:]
         for i in range(keep, len(tokens), self.n_batch):
             self._decode(tokens[i : i + self.n_batch], all_logits=False)
+        if self.prefix_cache is not None and (hit is None or hit.tokens < len(tokens)) \
+                and not self.prefix_cache.frozen:
+            size = self._lib.llama_state_seq_get_size(self._ctx, 0)
+            blob = (ctypes.c_uint8 * size)()
+            self._lib.llama_state_seq_get_data(self._ctx, blob, size, 0)
+            self.prefix_cache.store(tokens, (blob, tuple(self._cached)), size)
 
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
         if not tokens:

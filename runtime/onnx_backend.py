@@ -14,6 +14,13 @@ whose KV entry is trimmed. Plain decoding pays for that pad; `min_rows=1` turns 
 with it exactness), which the bench runs as the unpadded plain baseline so the padded one is
 never the only yardstick. `check_exact_batching` verifies invariance at load time.
 
+Prompt prefixes: `prefill` keeps the longest common prefix with what is cached, and with a
+`PrefixCache` (tasc_edge.prefix_cache) also with earlier prompts. A snapshot is the list of
+past arrays itself - never written in place (each forward returns new arrays, a trim copies),
+so keeping one costs no copy; restoring a shorter prefix copies the slice, as a rollback does.
+Exact by the same batching invariance: a prompt split at the cached length gives the logits
+of the whole prompt (a one-token remainder is padded like any other forward).
+
 Threads: `session.intra_op.allow_spinning=0` by default: on a 2-core device that shares its
 cores (the OS, the app), spinning workers halved step time under load here.
 """
@@ -28,6 +35,7 @@ import numpy as np
 
 from tasc_edge.decode import common_prefix_length
 from tasc_edge.errors import TascError, require
+from tasc_edge.prefix_cache import PrefixCache
 from tasc_edge.tasks import end_of_turn_token
 from tasc_edge.runtime.hf_tokenizer import HFTokenizer
 from tasc_edge.runtime.llama_backend import physical_cores  # llama_cpp itself is imported lazily
@@ -38,7 +46,7 @@ class OnnxBackend:
 
     def __init__(self, model_path: str | Path, n_ctx: int | None = None, n_threads: int | None = None,
                  min_rows: int = 2, spinning: bool = False, reuse_prefix: bool = True,
-                 n_batch: int = 512) -> None:
+                 n_batch: int = 512, prefix_cache_mb: float = 0) -> None:
         ort = require("onnxruntime", "runtime")
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -74,6 +82,8 @@ class OnnxBackend:
         self.reused_tokens = 0
         self._cached: list[int] = []
         self._past = self._empty_past()
+        self.prefix_cache: PrefixCache | None = (
+            PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None)
 
     def close(self) -> None:
         self.session = None
@@ -87,10 +97,18 @@ class OnnxBackend:
     # -- backend protocol --------------------------------------------------------------------
     def prefill(self, tokens: Sequence[int]) -> None:
         keep = common_prefix_length(self._cached, tokens) if self.reuse_prefix else 0
+        hit = self.prefix_cache.lookup(tokens) if self.prefix_cache is not None else None
+        if hit is not None and hit.tokens > keep:
+            past, cached = hit.snapshot
+            self._past, self._cached, self.n_past = past, list(cached), len(cached)
+            keep = hit.tokens
         self._trim(keep)
         self.reused_tokens = keep
         for i in range(keep, len(tokens), self.n_batch):
             self._run(list(tokens[i : i + self.n_batch]))
+        if self.prefix_cache is not None and (hit is None or hit.tokens < len(tokens)):
+            nbytes = sum(k.nbytes + v.nbytes for k, v in self._past)
+            self.prefix_cache.store(tokens, (list(self._past), tuple(self._cached)), nbytes)
 
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
         if not tokens:

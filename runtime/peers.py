@@ -9,15 +9,22 @@
   get the cache settings that make them deterministic (and equal to our plain output).
 * Hugging Face transformers: the same GGUF loaded into torch (`gguf_file=`, dequantized to
   fp32), `generate()` greedy without and with `prompt_lookup_num_tokens`.
+
+A bench with a prompt-prefix cache gives the llama.cpp peers the same cache ours has (the
+state of earlier prompts, restored inside the timed call, as llama-cpp-python's own
+`LlamaRAMCache` does in `create_completion`); the transformers peers have none here and are
+refused in such a bench rather than compared cold against a warm cache.
 """
 
 from __future__ import annotations
 
+import ctypes
 import time
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from tasc_edge.errors import TascError, require
+from tasc_edge.prefix_cache import PrefixCache
 
 PEER_BASELINE = {"llama-plain": "llama-plain", "llama-pld": "llama-plain",
                  "hf-plain": "hf-plain", "hf-pld": "hf-plain"}
@@ -48,12 +55,42 @@ class LlamaPeer:
                                    n_threads_batch=threads, flash_attn=True, verbose=False,
                                    type_k=type_k, type_v=type_v, draft_model=draft,
                                    logits_all=draft is not None)
+        self.lib = llama_cpp
+        self.prefix_cache: PrefixCache | None = None
+        self.reused_tokens = 0  # prompt tokens the last generate took from the prefix cache
 
     def cold(self) -> None:
         self.llm.reset()  # n_tokens = 0: llama-cpp-python's prefix matching finds nothing
 
+    def remember(self, prompt: Sequence[int]) -> None:
+        """Evaluate the prompt (all but its last token, as generate leaves it) and keep the
+        sequence state in the prefix cache."""
+        self.llm.reset()
+        self.llm.eval(list(prompt[:-1]))
+        ctx = self.llm.ctx
+        size = self.lib.llama_state_seq_get_size(ctx, 0)
+        blob = (ctypes.c_uint8 * size)()
+        self.lib.llama_state_seq_get_data(ctx, blob, size, 0)
+        self.prefix_cache.store(prompt[:-1], (blob, len(prompt) - 1), size)
+
+    def _restore(self, prompt: Sequence[int]) -> None:
+        hit = self.prefix_cache.lookup(prompt[:-1])
+        self.reused_tokens = 0 if hit is None else hit.tokens
+        if hit is None:
+            return
+        blob, n = hit.snapshot
+        self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self.llm.ctx), 0, 0, -1)
+        if self.lib.llama_state_seq_set_data(self.llm.ctx, blob, len(blob), 0) == 0:
+            raise RuntimeError("llama_state_seq_set_data could not restore a cached prefix")
+        # generate(reset=True) keeps the longest prefix of input_ids[:n_tokens] it shares
+        # with the new prompt and trims the KV cache past it
+        self.llm.input_ids[: hit.tokens] = list(prompt[: hit.tokens])
+        self.llm.n_tokens = hit.tokens
+
     def generate(self, prompt: Sequence[int], max_new_tokens: int, stops: frozenset[int],
                  on_first: Callable[[int], None]) -> list[int]:
+        if self.prefix_cache is not None:
+            self._restore(prompt)
         out: list[int] = []
         for tok in self.llm.generate(list(prompt), temp=0.0, top_k=1, top_p=1.0, min_p=0.0, reset=True):
             if not out:  # the generator yields one token per step, drafts or not

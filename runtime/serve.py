@@ -46,6 +46,7 @@ class ServeConfig:
     max_tokens_cap: int = 1024
     default_max_tokens: int = 128
     queue: int = 16  # requests waiting for the model; more are refused with 503
+    prefix_cache_mb: float = 128  # recent prompts' KV: requests of one task share their template
 
 
 class HttpError(Exception):
@@ -58,12 +59,15 @@ class Engine:
     """The loaded model, its drafter and the lock that serialises generations."""
 
     def __init__(self, cfg: ServeConfig):
+        from tasc_edge.prefix_cache import PrefixCache
         from tasc_edge.runtime.bundle import load_table, open_target
         from tasc_edge.runtime.run import reference_table
         from tasc_edge.tasks import load_task
 
         self.cfg = cfg
         self.backend, self.model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle)
+        if cfg.prefix_cache_mb > 0:
+            self.backend.prefix_cache = PrefixCache(int(cfg.prefix_cache_mb * 2**20))
         table = None
         if cfg.method == "tasc-spec":
             if bundle is not None and (cfg.task in bundle.tasks or (cfg.task is None and bundle.tasks)):
@@ -134,7 +138,8 @@ class Engine:
         s = gen.stats
         return {"text": text, "finish_reason": "stop" if gen.finish_reason == "stop" else "length",
                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(gen.tokens),
-                          "total_tokens": len(prompt) + len(gen.tokens)},
+                          "total_tokens": len(prompt) + len(gen.tokens),
+                          "cached_prompt_tokens": b.reused_tokens},
                 "tasc": {"method": self.method, "tau": s.tau, "drafted": s.drafted, "accepted": s.accepted,
                          "seconds": s.total_s}}
 
@@ -263,7 +268,9 @@ def build_app(engine: Engine):
         return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "local"}]})
 
     async def health(request):
-        return JSONResponse({"status": "ok", "waiting": engine.waiting, "served": engine.served})
+        cache = engine.backend.prefix_cache
+        return JSONResponse({"status": "ok", "waiting": engine.waiting, "served": engine.served,
+                             "prefix_cache": cache.stats() if cache is not None else None})
 
     return Starlette(routes=[Route("/v1/completions", completions, methods=["POST"]),
                              Route("/v1/chat/completions", chat_completions, methods=["POST"]),

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fixed draft lengths, e.g. 1,2,4,8: tau vs gamma on the first --sweep-rows rows")
     bench.add_argument("--sweep-rows", type=int, default=10)
     bench.add_argument("--no-plots", action="store_true")
+    bench.add_argument("--prefix-cache-mb", type=float, default=0,
+                       help="keep earlier rows' prompt KV (MB) for reuse, as a serving device "
+                            "would; 0 (default) = every request evaluates its whole prompt")
 
     rep = sub.add_parser("report", help="predict a device's figures from a bench report; plots")
     rep.add_argument("--bench", default=["bench-out"], nargs="+",
@@ -124,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-body", type=int, default=256 * 1024, help="bytes per request")
     srv.add_argument("--max-tokens-cap", type=int, default=1024)
     srv.add_argument("--queue", type=int, default=16, help="requests allowed to wait; more get 503")
+    srv.add_argument("--prefix-cache-mb", type=float, default=128,
+                     help="KV of recent prompts kept to reuse shared prefixes (0 = off)")
     srv.add_argument("--load-test", type=int, default=0, metavar="N",
                      help="instead of serving: start on a free loopback port, send N chat requests "
                           "(the task's test prompts), print requests/s and latency, exit")
@@ -241,7 +246,8 @@ def _bench(args: argparse.Namespace) -> int:
                       n_ctx=args.n_ctx, threads=args.threads, tables=args.tables, bundle=args.bundle,
                       max_draft=args.max_draft, out=args.out, device=args.device,
                       repeats=args.repeats, sweep_rows=args.sweep_rows,
-                      gamma_sweep=[int(g) for g in args.gamma_sweep.split(",") if g])
+                      gamma_sweep=[int(g) for g in args.gamma_sweep.split(",") if g],
+                      prefix_cache_mb=args.prefix_cache_mb)
     report = run_bench(cfg)
     print(markdown(report))
     print(f"report written to {cfg.out}/bench.json and bench.md")
@@ -311,7 +317,8 @@ def _serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(bundle=args.bundle, model=args.model, quant=args.quant, task=args.task,
                       method=args.method, host=args.host, port=args.port, n_ctx=args.n_ctx,
                       threads=args.threads, max_body=args.max_body, max_tokens_cap=args.max_tokens_cap,
-                      queue=max(args.queue, args.concurrency if args.load_test else 0))
+                      queue=max(args.queue, args.concurrency if args.load_test else 0),
+                      prefix_cache_mb=args.prefix_cache_mb)
     if not args.load_test:
         serve(cfg)
         return 0

@@ -192,6 +192,38 @@ def test_bench_on_an_onnx_bundle(bundles, tmp_path):
     assert by["plain-unpadded"]["baseline"] == "plain-unpadded"
 
 
+def test_onnx_prefix_cache_restores_an_older_prompt_exactly(bundles):
+    """A, B (another prefix), C sharing A's instruction: C's prefix comes from A's snapshot
+    and C decodes exactly as cold, plain and speculative (int4: the one-token remainder after
+    a restore must be padded like any other forward)."""
+    from tasc_edge.decode import common_prefix_length
+    from tasc_edge.prefix_cache import PrefixCache
+
+    bundle = load_bundle(bundles["int4"])
+    cfg = GenerateConfig(max_new_tokens=24, max_draft=8, stop_tokens=frozenset())
+    with open_backend(bundle, n_ctx=1024, n_threads=2) as b:
+        a, c = prompts(b, 2)
+        other = b.chat_prompt("hello")
+        table = load_table(bundle, "demo", b.tokenizer_hash)
+        b.prefill([])
+        want = generate(b, c, None, cfg).tokens
+        want_spec = generate(b, c, NgramDrafter(table), cfg)
+        b.prefix_cache = PrefixCache(64 * 2**20)
+        for tail in (c[:-1], c[:-2]):  # remainders of none and of one token after the restore
+            for drafter in (None, NgramDrafter(table)):
+                b.prefix_cache.clear()
+                b.prefill(tail)  # the snapshot of exactly `tail`
+                generate(b, other, None, cfg)  # the live cache now holds another prompt
+                got = generate(b, c, drafter, cfg)
+                assert got.tokens == want and b.reused_tokens == len(tail)
+        b.prefix_cache.clear()
+        generate(b, a, None, cfg)
+        generate(b, other, None, cfg)
+        got = generate(b, c, NgramDrafter(table), cfg)
+        assert got.tokens == want == want_spec.tokens
+        assert b.reused_tokens == common_prefix_length(a, c) > 16
+
+
 def test_bench_runs_the_peers_next_to_an_onnx_bundle(hf, bundles, tmp_path):
     """The peers load the GGUF of the model the bundle came from, in the same run; a GGUF of
     another vocabulary is refused before any row runs (peers are fed the bundle's token ids)."""
@@ -212,3 +244,29 @@ def test_bench_runs_the_peers_next_to_an_onnx_bundle(hf, bundles, tmp_path):
     other = write_tiny_gguf(tmp_path / "other.gguf")
     with pytest.raises(TascError, match="tokenizes unlike the target"):
         run_bench(replace(cfg, model=str(other), out=str(tmp_path / "out2")), log=lambda *_: None)
+
+
+def test_bench_with_a_prefix_cache(hf, bundles, tmp_path):
+    """Each request meets the cache the earlier rows left: the first row is cold, later rows
+    reuse the shared instruction - ours and the llama.cpp peer's alike - and every output is
+    still its plain loop's. The transformers peers, with no cache here, are refused."""
+    pytest.importorskip("llama_cpp")
+    from tasc_edge.export.gguf_write import write_gguf
+    from tasc_edge.runtime.bench import BenchConfig, run_bench
+
+    gguf = write_gguf(hf, tmp_path / "tiny.gguf", log=lambda *_: None)
+    cfg = BenchConfig(datasets=["demo"], data_root=str(demo_data_root(tmp_path)), limit=3, max_new_tokens=16,
+                      methods=["plain", "tasc-spec+gen", "llama-plain"], n_ctx=1024, threads=2,
+                      bundle=str(bundles["int4"]), model=str(gguf), quant="as-is", out=str(tmp_path / "out"),
+                      prefix_cache_mb=64)
+    report = run_bench(cfg, log=lambda *_: None)
+    by = {r["method"]: r for r in report["results"] if r.get("dataset") == "demo"}
+    assert by["tasc-spec+gen"]["rows"] == by["tasc-spec+gen"]["identical_rows"] == 3
+    reused = {}
+    for r in json.loads((tmp_path / "out" / "bench.json").read_text())["rows"]:
+        reused.setdefault(r["method"], []).append(r["reused_tokens"])
+    for m in ("plain", "tasc-spec+gen", "llama-plain"):  # row 1 cold, then the shared part only
+        assert reused[m][0] == 0 and all(16 < n < 150 for n in reused[m][1:]), reused
+    assert reused["llama-plain"] == reused["plain"] and report["prefix_cache"]["mb"] == 64
+    with pytest.raises(TascError, match="transformers peers"):
+        run_bench(replace(cfg, methods=["plain", "hf-plain"], out=str(tmp_path / "o2")), log=lambda *_: None)
