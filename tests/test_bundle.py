@@ -180,7 +180,7 @@ def demo_data_root(tmp_path: Path) -> Path:
 
 
 def test_bench_on_an_onnx_bundle(bundles, tmp_path):
-    from tasc_edge.runtime.bench import BenchConfig, run_bench
+    from tasc_edge.runtime.bench import BenchConfig, resummarise, run_bench
 
     cfg = BenchConfig(datasets=["demo"], data_root=str(demo_data_root(tmp_path)), limit=3, max_new_tokens=24,
                       methods=["plain", "plain-unpadded", "tasc-spec+gen"], n_ctx=1024, threads=2,
@@ -190,6 +190,11 @@ def test_bench_on_an_onnx_bundle(bundles, tmp_path):
     assert report["backend"] == "onnxruntime"
     assert by["tasc-spec+gen"]["identical_rows"] == 3 and by["tasc-spec+gen"]["acceptance"] > 0
     assert by["plain-unpadded"]["baseline"] == "plain-unpadded"
+    assert by["tasc-spec+gen"]["speedup_vs_unpadded_median"] > 0 and 0 <= by["tasc-spec+gen"]["same_as_unpadded_rows"] <= 3
+    assert "speedup_vs_unpadded_median" not in by["plain"]
+    before = (tmp_path / "out" / "bench.json").read_text()
+    again = resummarise(tmp_path / "out")  # the summary recomputed from the rows is the same
+    assert again["results"] == report["results"] and (tmp_path / "out" / "bench.json").read_text() == before
 
 
 def test_onnx_prefix_cache_restores_an_older_prompt_exactly(bundles):
