@@ -113,3 +113,25 @@ def test_load_test_reports_throughput_and_no_errors(server):
     r = load_test(s.url, PROMPTS, requests=24, concurrency=4, max_tokens=16, timeout=60)
     assert r.errors == 0 and r.requests == 24 and r.requests_per_s > 0
     assert 0 < r.p50_ms <= r.p95_ms
+
+
+def test_prefix_cache_serves_a_shared_instruction(server):
+    """Two demo requests share their few-shot instruction, a third prompt sits between them:
+    the second still has that instruction restored from the prefix cache (usage and /health
+    say so) and answers exactly what plain greedy decoding gives."""
+    s, engine = server
+    first, second = ([{"role": "user", "content": p}] for p in PROMPTS[2:4])
+    post(f"{s.url}/v1/chat/completions", {"messages": first, "max_tokens": 8}, 60)
+    post(f"{s.url}/v1/completions", {"prompt": "hello two size drink", "max_tokens": 8}, 60)
+    status, body = post(f"{s.url}/v1/chat/completions", {"messages": second, "max_tokens": 16}, 60)
+    text, _ = plain_text(engine, second, 16)
+    assert status == 200 and body["choices"][0]["message"]["content"] == text
+    shared = 0
+    for a, b in zip(*(engine.backend.chat_messages(m) for m in (first, second))):
+        if a != b:
+            break
+        shared += 1
+    assert body["usage"]["cached_prompt_tokens"] >= shared > 16
+    with urllib.request.urlopen(f"{s.url}/health", timeout=10) as r:
+        health = json.loads(r.read())
+    assert health["prefix_cache"]["hits"] >= 1 and health["prefix_cache"]["entries"] >= 2
