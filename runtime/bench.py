@@ -115,6 +115,7 @@ class BenchConfig:
     # MB of earlier prompts' KV kept for reuse (0 = every request cold): a task's requests share
     # their instruction / schema / tool list, which a serving device would not evaluate twice
     prefix_cache_mb: float = 0
+    onnx_spin: bool = False  # onnxruntime workers busy-wait (quiet device); off = shared cores
 
 
 @dataclass
@@ -160,7 +161,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     bandwidth = measure_bandwidth()  # before any model is loaded: an idle machine
     memory = RssSampler().start()
     start_rss = memory.rss()
-    backend, model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle)
+    backend, model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle,
+                                               cfg.onnx_spin)
     onnx = bundle is not None and bundle.format == "onnx"
     # The peers run GGUF models: with an ONNX bundle they load --model/--quant (default: the
     # packaged model the bundle was exported from), checked below to tokenize like the bundle

@@ -93,21 +93,24 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     return Bundle(root, manifest)
 
 
-def open_model(fmt: str, model_path: Path, n_ctx: int | None = None, n_threads: int | None = None):
+def open_model(fmt: str, model_path: Path, n_ctx: int | None = None, n_threads: int | None = None,
+               spin: bool = False):
     """The backend that runs a bundle format's model file (no manifest checks: export uses it
-    on a bundle still being written)."""
+    on a bundle still being written). `spin`: onnxruntime's workers busy-wait between ops
+    (faster on a quiet device, slower when the cores are shared; llama.cpp ignores it)."""
     if fmt == "onnx":
         from tasc_edge.runtime.onnx_backend import OnnxBackend
 
-        return OnnxBackend(model_path, n_ctx=n_ctx, n_threads=n_threads)
+        return OnnxBackend(model_path, n_ctx=n_ctx, n_threads=n_threads, spinning=spin)
     from tasc_edge.runtime.llama_backend import LlamaCppBackend
 
     return LlamaCppBackend(model_path, n_ctx=n_ctx or 4096, n_threads=n_threads)
 
 
-def open_backend(bundle: Bundle, n_ctx: int | None = None, n_threads: int | None = None):
+def open_backend(bundle: Bundle, n_ctx: int | None = None, n_threads: int | None = None,
+                 spin: bool = False):
     """The bundle's model on its backend; refuses a tokenizer that is not the exported one."""
-    backend = open_model(bundle.format, bundle.model_path, n_ctx, n_threads)
+    backend = open_model(bundle.format, bundle.model_path, n_ctx, n_threads, spin)
     want = bundle.manifest["tokenizer_hash"]
     if backend.tokenizer_hash != want:
         backend.close()
@@ -122,11 +125,11 @@ def load_table(bundle: Bundle, task: str, tokenizer_hash: str) -> NgramTable | N
 
 
 def open_target(model: str | None, quant: str, n_ctx: int, threads: int | None,
-                bundle: str | None = None):
+                bundle: str | None = None, spin: bool = False):
     """(backend, model path, bundle or None): a bundle's model, or a GGUF (default: packaged)."""
     if bundle:
         b = load_bundle(bundle)
-        return open_backend(b, n_ctx, threads), b.model_path, b
+        return open_backend(b, n_ctx, threads, spin), b.model_path, b
     from tasc_edge.runtime.llama_backend import LlamaCppBackend
     from tasc_edge.runtime.models import resolve_model
 

@@ -45,6 +45,7 @@ class RunConfig:
     quant: str = "q4_0"
     n_ctx: int = 4096
     threads: int | None = None
+    onnx_spin: bool = False  # onnxruntime workers busy-wait (quiet device); off = shared cores
     table: str | None = None  # prebuilt .npz (tasc-edge export); else built from train outputs
     bundle: str | None = None  # an exported bundle: its model, and its table for this task
     drafter: str | None = None  # --method model|chained: the bundle's drafter variant (full, k<K>)
@@ -136,7 +137,8 @@ def run_task(cfg: RunConfig, log=print) -> RunSummary:
     task = load_task(cfg.task)
     rows = task.test[: cfg.limit] if cfg.limit else task.test
     sampling = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p)
-    backend, model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle)
+    backend, model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle,
+                                               cfg.onnx_spin)
     with backend, ExitStack() as stack:
         table = task_table(backend, task, cfg, bundle) if cfg.method in ("tasc-spec", "chained") else None
         if cfg.method in MODEL_METHODS:

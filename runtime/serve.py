@@ -46,6 +46,7 @@ class ServeConfig:
     max_tokens_cap: int = 1024
     default_max_tokens: int = 128
     queue: int = 16  # requests waiting for the model; more are refused with 503
+    onnx_spin: bool = False  # onnxruntime workers busy-wait (quiet device); off = shared cores
     prefix_cache_mb: float = 128  # recent prompts' KV: requests of one task share their template
 
 
@@ -65,7 +66,8 @@ class Engine:
         from tasc_edge.tasks import load_task
 
         self.cfg = cfg
-        self.backend, self.model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle)
+        self.backend, self.model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle,
+                                                            cfg.onnx_spin)
         if cfg.prefix_cache_mb > 0:
             self.backend.prefix_cache = PrefixCache(int(cfg.prefix_cache_mb * 2**20))
         table = None

@@ -24,6 +24,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="default: physical cores")
 
 
+def _add_spin_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--onnx-spin", action="store_true",
+                   help="ONNX bundles: let onnxruntime's idle workers busy-wait between ops "
+                        "(faster on a quiet device; off by default: slower when the cores are shared)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tasc-edge", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -52,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", dest="json_path", help="write the run summary here")
     run.add_argument("--bundle", help="an exported bundle (ONNX or GGUF): its model and task table")
     _add_model_args(run)
+    _add_spin_arg(run)
 
     bench = sub.add_parser("bench", help="methods side by side on shared datasets, one process")
     bench.add_argument("--datasets", default="e2e_nlg,snips_slots,text2sql,bfcl,spec_bench")
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--plots", action="store_true", help="also write PNG plots to --out")
     rep.add_argument("--readme", help="replace the results section of this README.md")
     _add_model_args(bench)
+    _add_spin_arg(bench)
 
     exp = sub.add_parser("export", help="write an artifact bundle: model, tokenizer, task tables, "
                                         "manifest (workstation side)")
@@ -136,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--load-max-tokens", type=int, default=64)
     srv.add_argument("--json", dest="json_path", help="write the load-test result here")
     _add_model_args(srv)
+    _add_spin_arg(srv)
     return ap
 
 
@@ -223,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed, model=args.model,
                     quant=args.quant, n_ctx=args.n_ctx, threads=args.threads, table=args.table,
                     max_draft=args.max_draft, adaptive=not args.fixed_gamma, bundle=args.bundle,
-                    drafter=args.drafter,
+                    drafter=args.drafter, onnx_spin=args.onnx_spin,
                     compare=not args.no_compare, allow_inexact=args.allow_inexact)
     summary = run_task(cfg)
     print()
@@ -247,7 +256,7 @@ def _bench(args: argparse.Namespace) -> int:
                       max_draft=args.max_draft, out=args.out, device=args.device,
                       repeats=args.repeats, sweep_rows=args.sweep_rows,
                       gamma_sweep=[int(g) for g in args.gamma_sweep.split(",") if g],
-                      prefix_cache_mb=args.prefix_cache_mb)
+                      prefix_cache_mb=args.prefix_cache_mb, onnx_spin=args.onnx_spin)
     report = run_bench(cfg)
     print(markdown(report))
     print(f"report written to {cfg.out}/bench.json and bench.md")
@@ -318,7 +327,7 @@ def _serve(args: argparse.Namespace) -> int:
                       method=args.method, host=args.host, port=args.port, n_ctx=args.n_ctx,
                       threads=args.threads, max_body=args.max_body, max_tokens_cap=args.max_tokens_cap,
                       queue=max(args.queue, args.concurrency if args.load_test else 0),
-                      prefix_cache_mb=args.prefix_cache_mb)
+                      prefix_cache_mb=args.prefix_cache_mb, onnx_spin=args.onnx_spin)
     if not args.load_test:
         serve(cfg)
         return 0

@@ -275,3 +275,14 @@ def test_bench_with_a_prefix_cache(hf, bundles, tmp_path):
     assert reused["llama-plain"] == reused["plain"] and report["prefix_cache"]["mb"] == 64
     with pytest.raises(TascError, match="transformers peers"):
         run_bench(replace(cfg, methods=["plain", "hf-plain"], out=str(tmp_path / "o2")), log=lambda *_: None)
+
+
+def test_onnx_spin_reaches_the_session(bundles):
+    """--onnx-spin turns onnxruntime's busy-waiting workers on; the default leaves them off."""
+    from tasc_edge.runtime.bundle import open_target
+
+    key = "session.intra_op.allow_spinning"
+    for spin, want in ((False, "0"), (True, "1")):
+        backend, _, _ = open_target(None, "as-is", 1024, 1, str(bundles["int4"]), spin)
+        with backend:
+            assert backend.session.get_session_options().get_session_config_entry(key) == want
