@@ -175,14 +175,3 @@ def open_drafter(bundle: Bundle, variant: str, target, sampling=None, seed: int 
         raise TascError(f"{folder}: the drafter's tokenizer {backend.tokenizer_hash[:12]} is not the "
                         f"target's {target.tokenizer_hash[:12]}; a drafter must share the target's tokenizer")
     return ModelDrafter(backend, target.n_vocab, kept, sampling, seed, config)
-    if bundle.format == "gguf":
-        from tasc_edge.runtime.llama_backend import LlamaCppBackend
-
-        backend = LlamaCppBackend(folder / "model.gguf", n_ctx=target.n_ctx, n_threads=n_threads)
-    else:  # drafts need not be bit-exact, so the drafter skips the pad row the target needs
-        backend = OnnxBackend(folder / "model.onnx", n_ctx=target.n_ctx, n_threads=n_threads, min_rows=1)
-    if backend.tokenizer_hash != target.tokenizer_hash:
-        backend.close()
-        raise TascError(f"{folder}: the drafter's tokenizer {backend.tokenizer_hash[:12]} is not the "
-                        f"target's {target.tokenizer_hash[:12]}; a drafter must share the target's tokenizer")
-    return ModelDrafter(backend, target.n_vocab, kept, sampling, seed, config)
