@@ -203,8 +203,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                     peer.close()
                 raise
         report["memory_mb"]["after_peers"] = memory.rss() / 1e6
-        for peer in peers.values():
-            if cfg.prefix_cache_mb > 0:  # the llama.cpp peers: same budget, same freezing
+        if cfg.prefix_cache_mb > 0:  # the llama.cpp peers: same budget, same freezing
+            for peer in peers.values():
                 peer.prefix_cache = _frozen_cache(cfg.prefix_cache_mb)
         # one drafter model per method: a drafter's KV cache follows that method's generations
         model_drafters = {m: open_drafter(bundle, v, backend, n_threads=backend.n_threads)
@@ -273,7 +273,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
 
 
 def _frozen_cache(mb: float) -> PrefixCache:
-    cache = PrefixCache(int(mb * 2**20))
+    cache = PrefixCache.of_megabytes(mb)
     cache.frozen = True  # only _remember_prompt stores (not the exactness check, not a method)
     return cache
 
@@ -286,11 +286,9 @@ def _remember_prompt(prompt: list[int], backend, peers: dict) -> None:
     for c in caches:
         c.frozen = False
     backend.prefill([])
-    backend.prefill(prompt[:-1])
-    backend.prefill([])
+    backend.prefill(prompt[:-1])  # every run starts with prefill([]) / cold() anyway
     for peer in peers.values():
         peer.remember(prompt)
-        peer.cold()
     for c in caches:
         c.frozen = True
 
@@ -320,10 +318,7 @@ def _finish(report: dict, runs: list[RowRun], cfg: BenchConfig, curve: CostCurve
     if cfg.prefix_cache_mb > 0:
         report["prefix_cache"] = {"mb": cfg.prefix_cache_mb, "mode": "earlier rows' prompts, frozen "
                                   "while a request is timed"}
-    c = {m: report["drafters"][v]["c"] for m in cfg.methods
-         if (v := drafter_variant(m)) and v in report.get("drafters", {})}
-    report["results"] = summarise(runs, cfg.methods + [sweep_method(g) for g in cfg.gamma_sweep],
-                                  curve, report["memory_mb"]["peak_by_method"], c)
+    report["results"] = _summarise_report(report, runs, cfg.methods, cfg.gamma_sweep, curve)
     report["finished" if final else "checkpoint"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if final:
         report.pop("partial", None)
@@ -394,6 +389,15 @@ def machine_info() -> dict:
             "python": platform.python_version(), "packages": versions}
 
 
+def _summarise_report(report: dict, runs: list[RowRun], methods: list[str], gamma_sweep: list[int],
+                      curve: CostCurve) -> list[dict]:
+    """summarise() with what the report knows: the drafters' c and each method's peak memory."""
+    c = {m: report["drafters"][v]["c"] for m in methods
+         if (v := drafter_variant(m)) and v in report.get("drafters", {})}
+    return summarise(runs, methods + [sweep_method(g) for g in gamma_sweep], curve,
+                     report["memory_mb"]["peak_by_method"], c)
+
+
 def resummarise(out: Path) -> dict:
     """Recompute a finished run's summary and bench.md from its rows (after the summary
     learned a new column); the measurements themselves are not touched."""
@@ -402,10 +406,7 @@ def resummarise(out: Path) -> dict:
     runs = [RowRun(**{k: v for k, v in r.items() if k in fields}) for r in data.pop("rows")]
     cfg = data["config"]
     curve = CostCurve(tuple(data["cost_curve"]["ratios"]), data["cost_curve"]["step_ms"] / 1e3)
-    c = {m: data["drafters"][v]["c"] for m in cfg["methods"]
-         if (v := drafter_variant(m)) and v in data.get("drafters", {})}
-    data["results"] = summarise(runs, cfg["methods"] + [sweep_method(g) for g in cfg["gamma_sweep"]],
-                                curve, data["memory_mb"]["peak_by_method"], c)
+    data["results"] = _summarise_report(data, runs, cfg["methods"], cfg["gamma_sweep"], curve)
     write_report(data, runs, out)
     return data
 

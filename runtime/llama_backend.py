@@ -55,12 +55,27 @@ def physical_cores() -> int:
         return os.cpu_count() or 1
 
 
+def save_seq_state(lib, ctx) -> ctypes.Array:
+    """Sequence 0's state (its KV cells) copied out of a llama.cpp context."""
+    size = lib.llama_state_seq_get_size(ctx, 0)
+    blob = (ctypes.c_uint8 * size)()
+    lib.llama_state_seq_get_data(ctx, blob, size, 0)
+    return blob
+
+
+def load_seq_state(lib, ctx, blob: ctypes.Array) -> None:
+    """Replace sequence 0 of a llama.cpp context by a `save_seq_state` blob."""
+    lib.llama_memory_seq_rm(lib.llama_get_memory(ctx), 0, 0, -1)
+    if lib.llama_state_seq_set_data(ctx, blob, len(blob), 0) == 0:
+        raise RuntimeError("llama_state_seq_set_data could not restore a cached prefix")
+
+
 class LlamaCppBackend:
     """Backend protocol (prefill / forward / rollback) plus the model's tokenizer and template."""
 
     def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None,
                  n_batch: int = 512, kv_type: str = "q8_0/f16", reuse_prefix: bool = True,
-                 input_embeddings: np.ndarray | None = None, prefix_cache_mb: float = 0) -> None:
+                 input_embeddings: np.ndarray | None = None) -> None:
         """`input_embeddings` [n_vocab, n_embd]: feed rows of it (llama_batch.embd) instead of
         token ids - a VocabTrim drafter GGUF, whose own vocabulary is its K kept ids, reads
         target-vocabulary inputs this way (export/gguf_drafter.py)."""
@@ -97,8 +112,7 @@ class LlamaCppBackend:
                             f"the model's is {self.llm.n_embd()}")
         self._batch = self._lib.llama_batch_init(n_batch, 0 if input_embeddings is None else self.llm.n_embd(), 1)
         self.stop_tokens, self.tokenizer_hash = self._scan_vocab()
-        self.prefix_cache: PrefixCache | None = (
-            PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None)
+        self.prefix_cache: PrefixCache | None = None  # attach one to reuse earlier prompts
 
     def close(self) -> None:
         if self._batch is not None:
@@ -118,9 +132,7 @@ class LlamaCppBackend:
         hit = self.prefix_cache.lookup(tokens) if self.prefix_cache is not None else None
         if hit is not None and hit.tokens > keep:
             blob, cached = hit.snapshot
-            self._lib.llama_memory_seq_rm(self._memory, 0, 0, -1)
-            if self._lib.llama_state_seq_set_data(self._ctx, blob, len(blob), 0) == 0:
-                raise RuntimeError("llama_state_seq_set_data could not restore a cached prefix")
+            load_seq_state(self._lib, self._ctx, blob)
             self._cached, keep = list(cached), hit.tokens
         self._lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
         self.n_past, self.reused_tokens = keep, keep
@@ -129,10 +141,8 @@ class LlamaCppBackend:
             self._decode(tokens[i : i + self.n_batch], all_logits=False)
         if self.prefix_cache is not None and (hit is None or hit.tokens < len(tokens)) \
                 and not self.prefix_cache.frozen:
-            size = self._lib.llama_state_seq_get_size(self._ctx, 0)
-            blob = (ctypes.c_uint8 * size)()
-            self._lib.llama_state_seq_get_data(self._ctx, blob, size, 0)
-            self.prefix_cache.store(tokens, (blob, tuple(self._cached)), size)
+            blob = save_seq_state(self._lib, self._ctx)
+            self.prefix_cache.store(tokens, (blob, tuple(self._cached)), len(blob))
 
     def forward(self, tokens: Sequence[int]) -> np.ndarray:
         if not tokens:

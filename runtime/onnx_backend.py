@@ -47,7 +47,7 @@ class OnnxBackend:
 
     def __init__(self, model_path: str | Path, n_ctx: int | None = None, n_threads: int | None = None,
                  min_rows: int = 2, spinning: bool = False, reuse_prefix: bool = True,
-                 n_batch: int = 512, prefix_cache_mb: float = 0) -> None:
+                 n_batch: int = 512) -> None:
         ort = require("onnxruntime", "runtime")
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -83,8 +83,7 @@ class OnnxBackend:
         self.reused_tokens = 0
         self._cached: list[int] = []
         self._past = self._empty_past()
-        self.prefix_cache: PrefixCache | None = (
-            PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None)
+        self.prefix_cache: PrefixCache | None = None  # attach one to reuse earlier prompts
 
     def close(self) -> None:
         self.session = None

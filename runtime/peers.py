@@ -18,13 +18,13 @@ refused in such a bench rather than compared cold against a warm cache.
 
 from __future__ import annotations
 
-import ctypes
 import time
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 from tasc_edge.errors import TascError, require
 from tasc_edge.prefix_cache import PrefixCache
+from tasc_edge.runtime.llama_backend import load_seq_state, save_seq_state
 
 PEER_BASELINE = {"llama-plain": "llama-plain", "llama-pld": "llama-plain",
                  "hf-plain": "hf-plain", "hf-pld": "hf-plain"}
@@ -67,21 +67,15 @@ class LlamaPeer:
         sequence state in the prefix cache."""
         self.llm.reset()
         self.llm.eval(list(prompt[:-1]))
-        ctx = self.llm.ctx
-        size = self.lib.llama_state_seq_get_size(ctx, 0)
-        blob = (ctypes.c_uint8 * size)()
-        self.lib.llama_state_seq_get_data(ctx, blob, size, 0)
-        self.prefix_cache.store(prompt[:-1], (blob, len(prompt) - 1), size)
+        blob = save_seq_state(self.lib, self.llm.ctx)
+        self.prefix_cache.store(prompt[:-1], blob, len(blob))
 
     def _restore(self, prompt: Sequence[int]) -> None:
         hit = self.prefix_cache.lookup(prompt[:-1])
         self.reused_tokens = 0 if hit is None else hit.tokens
         if hit is None:
             return
-        blob, n = hit.snapshot
-        self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self.llm.ctx), 0, 0, -1)
-        if self.lib.llama_state_seq_set_data(self.llm.ctx, blob, len(blob), 0) == 0:
-            raise RuntimeError("llama_state_seq_set_data could not restore a cached prefix")
+        load_seq_state(self.lib, self.llm.ctx, hit.snapshot)
         # generate(reset=True) keeps the longest prefix of input_ids[:n_tokens] it shares
         # with the new prompt and trims the KV cache past it
         self.llm.input_ids[: hit.tokens] = list(prompt[: hit.tokens])

@@ -69,7 +69,7 @@ class Engine:
         self.backend, self.model_path, bundle = open_target(cfg.model, cfg.quant, cfg.n_ctx, cfg.threads, cfg.bundle,
                                                             cfg.onnx_spin)
         if cfg.prefix_cache_mb > 0:
-            self.backend.prefix_cache = PrefixCache(int(cfg.prefix_cache_mb * 2**20))
+            self.backend.prefix_cache = PrefixCache.of_megabytes(cfg.prefix_cache_mb)
         table = None
         if cfg.method == "tasc-spec":
             if bundle is not None and (cfg.task in bundle.tasks or (cfg.task is None and bundle.tasks)):

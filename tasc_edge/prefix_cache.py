@@ -44,6 +44,10 @@ class PrefixCache(Generic[Snapshot]):
         # method of a row sees the cache as the earlier rows left it, not its own prompt.
         self.frozen = False
 
+    @classmethod
+    def of_megabytes(cls, mb: float) -> "PrefixCache":
+        return cls(int(mb * 2**20))
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -59,7 +59,8 @@ def test_llama_backend_restores_an_older_prompt_exactly(tmp_path):
         a, c = base + cold.tokenize(" milk"), base + cold.tokenize(" json two")
         b = cold.chat_prompt("hello two size drink")
         want = generate(cold, c, None, cfg).tokens
-    with llama_backend.LlamaCppBackend(path, n_ctx=1024, n_threads=2, prefix_cache_mb=64) as warm:
+    with llama_backend.LlamaCppBackend(path, n_ctx=1024, n_threads=2) as warm:
+        warm.prefix_cache = PrefixCache.of_megabytes(64)
         generate(warm, a, None, cfg)
         generate(warm, b, None, cfg)
         assert len(warm.prefix_cache) == 2
