@@ -26,13 +26,22 @@ llama-cpp-python's own prefix reuse changed a greedy snips output from 128 token
 With a `PrefixCache` the same reuse reaches back past the last prompt: a snapshot is the
 sequence's state blob (`llama_state_seq_get_data`: its KV cells, copied out), restored with
 `llama_state_seq_set_data` and cut to the shared length.
+
+AMX: a llama.cpp built with `-march=native` on an Intel CPU with AMX (Sapphire Rapids and
+later, the CI machines here since December 2026) puts quantized weights in its AMX buffer type,
+and `ggml_backend_amx_mul_mat` segfaults on the first decode (upstream llama.cpp #20824; every
+model we load, tiny or SmolLM2). `open_llama` loads such a build with llama.cpp's extra buffer
+types off (AMX and the repacked Q4_0 layout go together) and says so once; the README's install
+command builds without AMX (scripts/llama-no-amx.cmake), which keeps the repacked kernels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -53,6 +62,36 @@ def physical_cores() -> int:
         return psutil.cpu_count(logical=False) or os.cpu_count() or 1
     except ImportError:
         return os.cpu_count() or 1
+
+
+def has_amx(system_info: str) -> bool:
+    """Does this llama.cpp build carry AMX kernels (`llama_print_system_info`)?"""
+    return "AMX_INT8 = 1" in system_info
+
+
+def open_llama(lib, **kwargs):
+    """`lib.Llama(**kwargs)`, with llama.cpp's extra buffer types off when the build has AMX
+    (see the module docstring). Llama() takes no argument for llama_model_params'
+    `use_extra_bufts`: it reads llama_model_default_params() once in __init__, so for the
+    length of that call it is given defaults with the field cleared."""
+    if not has_amx(lib.llama_print_system_info().decode(errors="replace")):
+        return lib.Llama(**kwargs)
+    print("tasc-edge: this llama-cpp-python build has AMX kernels, which crash here (llama.cpp "
+          "#20824): loading without extra buffer types (slower); reinstall it with "
+          "CMAKE_ARGS=\"-DCMAKE_PROJECT_INCLUDE=$PWD/scripts/llama-no-amx.cmake\" for full speed",
+          file=sys.stderr)
+    module = sys.modules["llama_cpp.llama_cpp"]
+    default = module.llama_model_default_params
+
+    def without_extra_bufts():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    with contextlib.ExitStack() as undo:
+        module.llama_model_default_params = without_extra_bufts
+        undo.callback(setattr, module, "llama_model_default_params", default)
+        return lib.Llama(**kwargs)
 
 
 def save_seq_state(lib, ctx) -> ctypes.Array:
@@ -89,10 +128,10 @@ class LlamaCppBackend:
         if type_k not in KV_TYPES or type_v not in KV_TYPES:
             raise TascError(f"unknown KV cache type {kv_type!r}; use one of {', '.join(KV_TYPES)} "
                             "or K/V, e.g. f16/q8_0")
-        self.llm = self._lib.Llama(model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch,
-                                   n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
-                                   flash_attn=True, type_k=KV_TYPES[type_k],
-                                   type_v=KV_TYPES[type_v], logits_all=False, verbose=False)
+        self.llm = open_llama(self._lib, model_path=str(model_path), n_ctx=n_ctx, n_batch=n_batch,
+                              n_ubatch=n_batch, n_threads=threads, n_threads_batch=threads,
+                              flash_attn=True, type_k=KV_TYPES[type_k],
+                              type_v=KV_TYPES[type_v], logits_all=False, verbose=False)
         self.model_path = model_path
         self.kv_type, self.type_k, self.type_v = kv_type, type_k, type_v
         self.n_threads = threads

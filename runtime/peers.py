@@ -24,7 +24,7 @@ from typing import Callable, Protocol, Sequence
 
 from tasc_edge.errors import TascError, require
 from tasc_edge.prefix_cache import PrefixCache
-from tasc_edge.runtime.llama_backend import load_seq_state, save_seq_state
+from tasc_edge.runtime.llama_backend import load_seq_state, open_llama, save_seq_state
 
 PEER_BASELINE = {"llama-plain": "llama-plain", "llama-pld": "llama-plain",
                  "hf-plain": "hf-plain", "hf-pld": "hf-plain"}
@@ -51,10 +51,10 @@ class LlamaPeer:
         # buffer from the *argument* logits_all (n_batch rows when False): any prompt past 512
         # tokens then fails with "could not broadcast ... into shape (0,)" (text2sql, bfcl).
         # Passing logits_all=True, the known workaround, is what a user of the peer must do.
-        self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads,
-                                   n_threads_batch=threads, flash_attn=True, verbose=False,
-                                   type_k=type_k, type_v=type_v, draft_model=draft,
-                                   logits_all=draft is not None)
+        self.llm = open_llama(llama_cpp, model_path=str(model_path), n_ctx=n_ctx, n_threads=threads,
+                              n_threads_batch=threads, flash_attn=True, verbose=False,
+                              type_k=type_k, type_v=type_v, draft_model=draft,
+                              logits_all=draft is not None)
         self.lib = llama_cpp
         self.prefix_cache: PrefixCache | None = None
         self.reused_tokens = 0  # prompt tokens the last generate took from the prefix cache

@@ -246,3 +246,35 @@ def test_prompt_prefix_reuse_is_exact(tmp_path):
         ref_table = NgramTable.build([want + [2]], warm.tokenizer_hash)
         assert generate(warm, second, NgramDrafter(ref_table), cfg).tokens == want
         assert warm.reused_tokens == len(second) - 1  # same prompt again: nothing re-decoded
+
+
+def test_amx_build_loads_without_extra_buffer_types_and_stays_exact(tmp_path, monkeypatch, capsys):
+    """A llama.cpp built with AMX kernels segfaults in ggml_backend_amx_mul_mat on the first
+    decode on AMX CPUs (llama.cpp #20824; seen on this project's CI machines), so open_llama
+    loads such a build with llama.cpp's extra buffer types off. Here the real library is told
+    it has AMX: the model must load with use_extra_bufts cleared for that call only, and
+    batched verification must still be bit-exact."""
+    import sys
+
+    import llama_cpp
+
+    module = sys.modules["llama_cpp.llama_cpp"]
+    default = module.llama_model_default_params
+    seen = []
+
+    class Recording(llama_cpp.Llama):
+        def __init__(self, **kwargs):
+            seen.append(module.llama_model_default_params().use_extra_bufts)
+            super().__init__(**kwargs)
+
+    assert llama_backend.has_amx("CPU : AVX2 = 1 | AMX_INT8 = 1 | REPACK = 1")
+    assert not llama_backend.has_amx("CPU : AVX2 = 1 | AVX512 = 1 | REPACK = 1")
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: b"CPU : AMX_INT8 = 1 |")
+    monkeypatch.setattr(llama_cpp, "Llama", Recording)
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", seed=3)
+    with llama_backend.LlamaCppBackend(path, n_ctx=256, n_threads=2) as b:
+        assert seen == [False]
+        assert module.llama_model_default_params is default and default().use_extra_bufts
+        p = b.tokenize("the large coffee order")
+        assert batch_invariant(b, p, p[:5])
+    assert "AMX" in capsys.readouterr().err

@@ -54,15 +54,15 @@ def test_tasc_spec_equals_plain_on_demo_rows(backend):
 def test_plain_loop_matches_llama_cpp_python_generate(backend):
     """Independent check of the backend: our one-token loop and llama-cpp-python's own greedy
     sampler pick the same tokens, given the same configuration (flash attention, KV cache types)."""
-    from llama_cpp import Llama
+    import llama_cpp
 
-    from tasc_edge.runtime.llama_backend import KV_TYPES
+    from tasc_edge.runtime.llama_backend import KV_TYPES, open_llama
 
     prompt = backend.chat_prompt("Write a SQL query that counts the rows of table t.")
     ours = generate(backend, prompt, None, GenerateConfig(max_new_tokens=32, stop_tokens=frozenset())).tokens
-    llm = Llama(model_path=str(backend.model_path), n_ctx=2048, flash_attn=True, verbose=False,
-                n_threads=backend.n_threads, type_k=KV_TYPES[backend.type_k],
-                type_v=KV_TYPES[backend.type_v])
+    llm = open_llama(llama_cpp, model_path=str(backend.model_path), n_ctx=2048, flash_attn=True,
+                     verbose=False, n_threads=backend.n_threads, type_k=KV_TYPES[backend.type_k],
+                     type_v=KV_TYPES[backend.type_v])
     try:
         theirs = []
         for tok in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
