@@ -18,6 +18,8 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from tasc_edge.errors import TascError
 from tasc_edge.export.drafter import (DrafterConfig, build_self_drafter, distill, drafter_generations,
                                       load_target, save_drafter, top1_agreement)
@@ -27,7 +29,7 @@ from tasc_edge.export.tables import _read_generated, generated_corpus
 from tasc_edge.ngram import NgramTable
 from tasc_edge.runtime.bundle import file_entry
 from tasc_edge.tasks import load_task, task_sequences
-from tasc_edge.vocab_trim import KeptVocab, choose_kept, token_counts
+from tasc_edge.vocab_trim import CALIB_SOURCES, KeptVocab, choose_kept, token_counts
 
 
 def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], tables_cfg,
@@ -55,9 +57,19 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
                 generated.append(gens[r.id])
                 references.append(ref_by_id[r.id])
 
+    sources = {"target": generated, "reference": references,
+               "raw": [p + r for p, r in zip(prompts, references)]}
+    calibs = [c for c in dcfg.calib.split(",") if c]
+    for calib in calibs:
+        if calib not in CALIB_SOURCES:
+            raise TascError(f"unknown --calib {calib!r}; choose target, drafter, reference or raw")
+    always = {*backend.stop_tokens, end}
+    ids = distill_ids(dcfg, sources, calibs, backend.n_vocab, backend.tokenizer_hash, always)
+
     # the drafter network, distilled once (untrimmed); trimming below only drops head rows
     drafter_dir = work / "drafter-hf"
-    key = f"{state.get('model')}|{dcfg.model}|{dcfg.layers}|{dcfg.distill_steps}|{dcfg.lr}|{dcfg.max_len}|{len(prompts)}"
+    key = (f"{state.get('model')}|{dcfg.model}|{dcfg.layers}|{dcfg.distill_steps}|{dcfg.lr}|{dcfg.max_len}|"
+           f"{len(prompts)}|{dcfg.distill_vocab}:{'full' if ids is None else len(ids)}")
     drafter = None
     if state.get("drafter") != key or not (drafter_dir / ".complete").is_file():
         shutil.rmtree(drafter_dir, ignore_errors=True)
@@ -68,7 +80,7 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         seqs = [p + g for p, g in zip(prompts, generated)]
         stats = {"steps": 0}
         if dcfg.distill_steps > 0:
-            stats = distill(drafter, target, seqs, dcfg, log)
+            stats = distill(drafter, target, seqs, dcfg, log, ids=ids)
         stats["top1_agreement"] = top1_agreement(drafter, target, seqs[:8])
         log(f"drafter agrees with the target's top token on {stats['top1_agreement']:.0%} of "
             "positions (first 8 calibration sequences)")
@@ -79,18 +91,12 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
             del state[k]  # variants made from an older drafter
         save_state(state)
 
-    sources = {"target": generated, "reference": references,
-               "raw": [p + r for p, r in zip(prompts, references)]}
-    calibs = [c for c in dcfg.calib.split(",") if c]
     if "drafter" in calibs:
         drafter = drafter or load_target(drafter_dir)
         sources["drafter"] = drafter_generations(drafter, prompts, set(backend.stop_tokens),
                                                  tables_cfg.max_new_tokens, log)
-    always = {*backend.stop_tokens, end}
     variants: dict[str, KeptVocab | None] = {"full": None} if dcfg.untrimmed else {}
     for calib in calibs:  # variant names: k<K> for target calibration, k<K>-<calib> otherwise
-        if calib not in sources:
-            raise TascError(f"unknown --calib {calib!r}; choose target, drafter, reference or raw")
         counts = token_counts(sources[calib], backend.n_vocab)
         suffix = "" if calib == "target" else f"-{calib}"
         for k in dcfg.top_k:
@@ -134,6 +140,24 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
             f"{entries[variant]['coverage']:.3f}, {bytes_ / 1e6:.1f} MB read per step, c = {bytes_ / target_bytes:.3f}")
     shutil.rmtree(work / "drafter-onnx", ignore_errors=True)
     return entries, files
+
+
+def distill_ids(dcfg: DrafterConfig, sources: dict, calibs: list[str], n_vocab: int,
+                tokenizer_hash: str, always: set[int]) -> np.ndarray | None:
+    """Target ids the distillation's KL covers: the union of the largest kept set of every
+    calibration source of this export (the drafter's own generations do not exist before it is
+    distilled, so that source counts the target's), or None for the full vocabulary."""
+    if dcfg.distill_vocab not in ("kept", "full"):
+        raise TascError(f"unknown --distill-vocab {dcfg.distill_vocab!r}; choose kept or full")
+    if dcfg.distill_vocab == "full" or (not dcfg.top_k and dcfg.coverage is None):
+        return None
+    ids = np.fromiter(always, dtype=np.int64)
+    for calib in dict.fromkeys("target" if c == "drafter" else c for c in calibs):
+        kept = choose_kept(token_counts(sources[calib], n_vocab), tokenizer_hash, calib,
+                           top_k=max(dcfg.top_k) if dcfg.top_k else None,
+                           coverage=None if dcfg.top_k else dcfg.coverage, always=always)
+        ids = np.union1d(ids, kept.ids)
+    return ids
 
 
 def _check_same_vocab(drafter, target) -> None:

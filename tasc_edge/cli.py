@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     vt.add_argument("--coverage", type=float, default=0.99,
                     help="without --top-k: keep the fewest tokens covering this share of calibration tokens")
     vt.add_argument("--distill-steps", type=int, default=300, help="0 = no distillation")
+    vt.add_argument("--distill-vocab", default="kept", choices=["kept", "full"],
+                    help="KL over the largest kept id set (cheap for big vocabularies) or the full vocabulary")
     vt.add_argument("--distill-max-len", type=int, default=768,
                     help="tokens per distillation sequence (big vocabularies: fewer, to bound memory)")
     vt.add_argument("--no-untrimmed", action="store_true", help="skip the full-head drafter")
@@ -310,7 +312,7 @@ def _export(args: argparse.Namespace) -> int:
         drafter = DrafterConfig(layers=args.drafter_layers, model=args.drafter_model, calib=args.calib,
                                 top_k=top_k, coverage=None if top_k else args.coverage,
                                 untrimmed=not args.no_untrimmed, distill_steps=args.distill_steps,
-                                max_len=args.distill_max_len)
+                                distill_vocab=args.distill_vocab, max_len=args.distill_max_len)
     bundle = ExportBundleConfig(tasks=[t for t in args.task.split(",") if t], out=args.out,
                                 model=args.model, format=args.format, onnx_quant=args.onnx_quant,
                                 gguf_quant=args.quant, tables=cfg, drafter=drafter)

@@ -46,6 +46,41 @@ def test_manifest_lists_drafters_with_bytes_and_coverage(bundle_path):
     assert k48["step_bytes"] < k96["step_bytes"] < full["step_bytes"] < full["target_step_bytes"]
     assert 0 < k48["coverage"] <= k96["coverage"] <= 1.0
     assert full["distill"]["steps"] == 20 and full["distill"]["kl_last"] is not None
+    # the KL ran over the kept ids (target and raw top-96 sets, stop tokens), not all 320 rows
+    assert 96 <= full["distill"]["vocab"] <= 2 * 96 + 3 < 320
+
+
+def test_distill_ids_are_the_union_of_the_largest_kept_sets():
+    from tasc_edge.export.vocabtrim import distill_ids
+
+    sources = {"target": [[5, 5, 5, 6, 6, 7]], "reference": [[8, 8, 9]], "raw": [[1, 8, 8]]}
+    cfg = DrafterConfig(top_k=(1, 2))
+    assert distill_ids(cfg, sources, ["target"], 16, "h", {2}).tolist() == [2, 5, 6]
+    # the drafter's generations do not exist yet: that source counts the target's
+    both = distill_ids(cfg, sources, ["drafter", "reference"], 16, "h", {2})
+    assert both.tolist() == [2, 5, 6, 8, 9]
+    assert distill_ids(replace(cfg, distill_vocab="full"), sources, ["target"], 16, "h", {2}) is None
+    assert distill_ids(DrafterConfig(top_k=(), coverage=None), sources, ["target"], 16, "h", {2}) is None
+    with pytest.raises(TascError, match="--distill-vocab"):
+        distill_ids(replace(cfg, distill_vocab="some"), sources, ["target"], 16, "h", {2})
+
+
+def test_distillation_over_kept_ids_trains_the_drafter(hf):  # noqa: F811
+    import torch
+
+    from tasc_edge.export.drafter import build_self_drafter, distill, load_target
+
+    target = load_target(hf)
+    drafter = build_self_drafter(target, 1)
+    before = [p.detach().clone() for p in drafter.model.layers.parameters()]
+    head_before = drafter.get_output_embeddings().weight.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, 320, (40,), generator=g).tolist() for _ in range(4)]
+    ids = list(range(3, 120))
+    stats = distill(drafter, target, seqs, DrafterConfig(distill_steps=30, lr=3e-3), lambda *_: None, ids=ids)
+    assert stats["vocab"] == len(ids) and stats["kl_last"] < stats["kl_first"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, drafter.model.layers.parameters()))
+    assert torch.equal(drafter.get_output_embeddings().weight, head_before)  # head and embeddings frozen
 
 
 def assert_drafters_exact(bundle_path, variants, check=lambda model, target, prompt: None) -> None:
