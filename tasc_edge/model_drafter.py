@@ -138,16 +138,23 @@ class ModelDrafter:
 
 
 class ChainedDrafter:
-    """N-grams first; the model drafter drafts only where they have nothing to say.
+    """N-grams first; the model drafter drafts only where they have nothing to say or, with
+    `ask_below`, where they are unsure.
 
     Measured on SmolLM2 (snips, e2e): replacing *unsure* n-gram tokens by the model's, or
     extending every n-gram draft with model tokens, lowered tau or left it unchanged at extra
     cost - the task n-grams beat a 4-layer distilled drafter even where they are unsure. So by
-    default the model is asked only when the n-gram draft is empty (`sure` > 0 keeps only the
-    n-gram prefix at least that confident and lets the model continue from there)."""
+    default the model is asked only when the n-gram draft is empty. `ask_below` = p also asks
+    it when the n-grams' first token is estimated below p, and keeps whichever draft's first
+    token has the higher calibrated estimate (each part's calibrator learns only from the
+    positions where its own tokens were verified). `sure` > 0 keeps only the n-gram prefix at
+    least that confident and lets the model continue from there."""
 
-    def __init__(self, ngram: NgramDrafter, model: ModelDrafter, sure: float | None = None) -> None:
-        self.ngram, self.model, self.sure = ngram, model, sure
+    def __init__(self, ngram: NgramDrafter, model: ModelDrafter, sure: float | None = None,
+                 ask_below: float | None = None) -> None:
+        if sure is not None and ask_below is not None:
+            raise TascError("a chained drafter takes `sure` or `ask_below`, not both")
+        self.ngram, self.model, self.sure, self.ask_below = ngram, model, sure, ask_below
         self._split = 0  # tokens of the last draft that came from the n-grams
 
     @property
@@ -167,8 +174,16 @@ class ChainedDrafter:
                 k += 1
             a = a.truncate(k)
         self._split = k
-        if k == max_tokens or (k > 0 and self.sure is None):
+        if k == max_tokens:
             return a
+        if k > 0 and self.sure is None:
+            if self.ask_below is None or a.confidence[0] >= self.ask_below:
+                return a
+            b = self.model.draft(max_tokens)  # the n-grams are unsure: the likelier one drafts
+            if not b.tokens or b.confidence[0] <= a.confidence[0]:
+                return a
+            self._split = 0
+            return b
         b = self.model.draft(max_tokens - k, after=a.tokens)
         probs = None
         if b.probs is not None:  # n-gram tokens are point masses

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stats import chi_square_pvalue
-from tasc_edge.decode import GenerateConfig, generate
+from tasc_edge.decode import Draft, GenerateConfig, generate
 from tasc_edge.drafters import NgramDrafter
 from tasc_edge.errors import TascError
 from tasc_edge.model_drafter import ChainedDrafter, ModelDrafter, ModelDraftConfig
@@ -114,19 +114,60 @@ def test_trimmed_drafter_greedy_exact_and_ids_map_back(pair):
             assert drafted > 0 and accepted > 0
 
 
-@pytest.mark.parametrize("sure", [None, 0.9])
-def test_chained_drafter_exact_and_each_part_learns(pair, sure):
+@pytest.mark.parametrize("policy", [{}, {"sure": 0.9}, {"ask_below": 1.0}])
+def test_chained_drafter_exact_and_each_part_learns(pair, policy):
     target, same, other = pair
     cfg, ps, refs = greedy_refs(target)
     table = NgramTable.build([r for r in refs[:4] if len(r) >= 2], target.tokenizer_hash)
     for model_backend in (same, other):
-        chained = ChainedDrafter(NgramDrafter(table), ModelDrafter(model_backend, target.n_vocab), sure)
+        chained = ChainedDrafter(NgramDrafter(table), ModelDrafter(model_backend, target.n_vocab), **policy)
         for p, ref in zip(ps, refs):
             assert generate(target, p, chained, cfg).tokens == ref
-        if sure is None:  # the n-grams draft wherever they have a guess
+        if not policy:  # the n-grams draft wherever they have a guess
             assert chained.ngram.calibrator.seen
-        else:  # a high bar hands most positions to the model
+        else:  # a high bar hands positions to the model
             assert chained.model.calibrator.seen and chained.steps > 0
+
+
+class ScriptedPart:
+    """A drafter part that always proposes `draft` and records what it is told."""
+
+    def __init__(self, tokens: list[int], confidence: list[float]) -> None:
+        self.proposal, self.asked, self.updates, self.steps, self.n_vocab = Draft(tokens, confidence), 0, [], 0, 50
+
+    def begin(self, prompt) -> None:
+        pass
+
+    def draft(self, max_tokens: int, after=()) -> Draft:
+        self.asked += 1
+        return self.proposal.truncate(max_tokens)
+
+    def update(self, draft: Draft, n_accepted: int, committed) -> None:
+        self.updates.append((list(draft.tokens), n_accepted))
+
+
+@pytest.mark.parametrize("ngram_conf, model_conf, ask_below, asked, winner", [
+    (0.3, 0.7, None, 0, "ngram"),  # default: the model only fills an empty n-gram draft
+    (0.6, 0.9, 0.5, 0, "ngram"),   # the n-grams are sure enough: the model is not asked
+    (0.3, 0.7, 0.5, 1, "model"),   # unsure n-grams, likelier model token: the model drafts
+    (0.3, 0.2, 0.5, 1, "ngram"),   # asked, but less likely than the n-grams: theirs stands
+])
+def test_chained_ask_below_picks_the_likelier_first_token(ngram_conf, model_conf, ask_below, asked, winner):
+    ngram = ScriptedPart([1, 2, 3], [ngram_conf, 0.9, 0.9])
+    model = ScriptedPart([7, 8], [model_conf, 0.5])
+    chained = ChainedDrafter(ngram, model, ask_below=ask_below)
+    draft = chained.draft(4)
+    assert model.asked == asked
+    assert draft.tokens == ([1, 2, 3] if winner == "ngram" else [7, 8])
+    chained.update(draft, 1, [draft.tokens[0], 9])
+    # only the part whose tokens were verified learns from the outcome
+    mine, other = (ngram, model) if winner == "ngram" else (model, ngram)
+    assert mine.updates == [(draft.tokens, 1)] and other.updates == [([], 0)]
+
+
+def test_chained_takes_one_policy():
+    with pytest.raises(TascError, match="not both"):
+        ChainedDrafter(ScriptedPart([1], [0.5]), ScriptedPart([2], [0.5]), sure=0.5, ask_below=0.5)
 
 
 def test_drafter_head_width_mismatch_is_refused(pair):
