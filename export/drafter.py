@@ -152,24 +152,6 @@ def top1_agreement(drafter, target, sequences: list[list[int]]) -> float:
     return hit / max(1, total)
 
 
-def drafter_generations(drafter, prompts: list[list[int]], stop: set[int], max_new: int,
-                        log=print) -> list[list[int]]:
-    """The drafter's own greedy outputs (calibration source `drafter`)."""
-    torch = require("torch", "export")
-    outs = []
-    start = time.perf_counter()
-    with torch.no_grad():
-        for i, p in enumerate(prompts, start=1):
-            if i % 20 == 0:
-                rate = i / (time.perf_counter() - start)
-                log(f"drafter generations {i}/{len(prompts)} (ETA {(len(prompts) - i) / rate:.0f} s)")
-            ids = drafter.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                                   max_new_tokens=max_new, do_sample=False, eos_token_id=sorted(stop),
-                                   pad_token_id=min(stop))
-            outs.append(ids[0, len(p):].tolist())
-    return outs
-
-
 def save_drafter(drafter, tokenizer_dir: Path, out: Path) -> Path:
     """An HF checkpoint (weights + the target's tokenizer files) for the ONNX exporter."""
     import shutil

@@ -6,7 +6,8 @@ GGUF bundles get model.gguf (+ embed.npy) per variant instead: see export/gguf_d
 
 Calibration sources (`--calib`, as in the paper): `target` = the target's own greedy outputs
 on the train prompts (the tables step's generated corpus, made here if the tables did not
-need it); `drafter` = the distilled drafter's greedy outputs; `reference` = the dataset's
+need it); `drafter` = the distilled drafter's greedy outputs (decoded by the runtime from its
+exported full-head model, which is exported first for that); `reference` = the dataset's
 outputs; `raw` = prompts + reference outputs. One kept list serves all tasks of the bundle
 (the union of their calibration text). Stop tokens and the end-of-turn token are always kept.
 Each finished piece is recorded in `.work/state.json`, so an interrupted export resumes.
@@ -14,20 +15,24 @@ Each finished piece is recorded in `.work/state.json`, so an interrupted export 
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from tasc_edge.errors import TascError
-from tasc_edge.export.drafter import (DrafterConfig, build_self_drafter, distill, drafter_generations,
-                                      load_target, save_drafter, top1_agreement)
+from tasc_edge.export.drafter import (DrafterConfig, build_self_drafter, distill, load_target,
+                                      save_drafter, top1_agreement)
 from tasc_edge.export.gguf_drafter import export_gguf_drafter, gguf_step_bytes
 from tasc_edge.export.onnx import export_onnx, step_bytes
 from tasc_edge.export.tables import _read_generated, generated_corpus
 from tasc_edge.ngram import NgramTable
-from tasc_edge.runtime.bundle import file_entry
+from tasc_edge.decode import GenerateConfig, generate
+from tasc_edge.files import atomic_write_text
+from tasc_edge.runtime.bundle import file_entry, open_model
 from tasc_edge.tasks import load_task, task_sequences
 from tasc_edge.vocab_trim import CALIB_SOURCES, KeptVocab, choose_kept, token_counts
 
@@ -70,7 +75,6 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
     drafter_dir = work / "drafter-hf"
     key = (f"{state.get('model')}|{dcfg.model}|{dcfg.layers}|{dcfg.distill_steps}|{dcfg.lr}|{dcfg.max_len}|"
            f"{len(prompts)}|{dcfg.distill_vocab}:{'full' if ids is None else len(ids)}")
-    drafter = None
     if state.get("drafter") != key or not (drafter_dir / ".complete").is_file():
         shutil.rmtree(drafter_dir, ignore_errors=True)
         hf = hf_dir()
@@ -91,9 +95,31 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
             del state[k]  # variants made from an older drafter
         save_state(state)
 
-    if "drafter" in calibs:
-        drafter = drafter or load_target(drafter_dir)
-        sources["drafter"] = drafter_generations(drafter, prompts, set(backend.stop_tokens),
+    model_file = "model.onnx" if fmt == "onnx" else "model.gguf"
+
+    def export_variant(variant: str, kept: KeptVocab | None, folder: Path) -> None:
+        """One drafter model file (head trimmed to `kept`) in `folder`, unless already there."""
+        vkey = f"{fmt}|{key}|{quant}|{None if kept is None else (kept.calib, kept.k, kept.calib_tokens)}"
+        if state.get(f"drafter:{variant}") == vkey and (folder / model_file).is_file():
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        log(f"exporting drafter {variant} ({fmt} {quant})")
+        if fmt == "onnx":
+            export_onnx(drafter_dir, work / "drafter-onnx", folder, quant, log,
+                        keep_rows=None if kept is None else kept.ids)
+        else:
+            export_gguf_drafter(drafter_dir, out / model_file, work, folder, kept, quant, log)
+        if kept is not None:
+            kept.save(folder / "kept.npz")
+        state[f"drafter:{variant}"] = vkey
+        save_state(state)
+
+    if "drafter" in calibs:  # the drafter's own greedy outputs, from its exported full-head model
+        full_dir = out / "drafter" / "full" if dcfg.untrimmed else work / "drafter-full"
+        export_variant("full" if dcfg.untrimmed else "calib-full", None, full_dir)
+        sources["drafter"] = drafter_generations(fmt, full_dir / model_file, prompts, key,
+                                                 work / "drafter-generations.json",
                                                  tables_cfg.max_new_tokens, log)
     variants: dict[str, KeptVocab | None] = {"full": None} if dcfg.untrimmed else {}
     for calib in calibs:  # variant names: k<K> for target calibration, k<K>-<calib> otherwise
@@ -105,26 +131,12 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
             kept = choose_kept(counts, backend.tokenizer_hash, calib, coverage=dcfg.coverage, always=always)
             variants[f"k{kept.k}{suffix}"] = kept
 
-    model_file = "model.onnx" if fmt == "onnx" else "model.gguf"
     weight_bytes = step_bytes if fmt == "onnx" else gguf_step_bytes
     target_bytes = weight_bytes(out / model_file)
     entries, files = {}, []
     for variant, kept in variants.items():
         folder = out / "drafter" / variant
-        vkey = f"{fmt}|{key}|{quant}|{None if kept is None else (kept.calib, kept.k, kept.calib_tokens)}"
-        if state.get(f"drafter:{variant}") != vkey or not (folder / model_file).is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            log(f"exporting drafter {variant} ({fmt} {quant})")
-            if fmt == "onnx":
-                export_onnx(drafter_dir, work / "drafter-onnx", folder, quant, log,
-                            keep_rows=None if kept is None else kept.ids)
-            else:
-                export_gguf_drafter(drafter_dir, out / model_file, work, folder, kept, quant, log)
-            if kept is not None:
-                kept.save(folder / "kept.npz")
-            state[f"drafter:{variant}"] = vkey
-            save_state(state)
+        export_variant(variant, kept, folder)
         kept = KeptVocab.load(folder / "kept.npz") if (folder / "kept.npz").is_file() else None
         files += [file_entry(out, f, f"VocabTrim drafter {variant}") for f in sorted(folder.iterdir())
                   if f.is_file()]
@@ -140,6 +152,29 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
             f"{entries[variant]['coverage']:.3f}, {bytes_ / 1e6:.1f} MB read per step, c = {bytes_ / target_bytes:.3f}")
     shutil.rmtree(work / "drafter-onnx", ignore_errors=True)
     return entries, files
+
+
+def drafter_generations(fmt: str, model_path: Path, prompts: list[list[int]], key: str, cache: Path,
+                        max_new: int, log) -> list[list[int]]:
+    """The distilled drafter's greedy outputs on the calibration prompts (calibration source
+    `drafter`), decoded by the runtime from its exported full-head model: on this CPU
+    transformers' generate() spent ~25 s per prompt, the exported drafter a fraction of that.
+    Kept in `cache` for this drafter (`key`), so a re-run does not decode them again."""
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key and len(saved["outputs"]) == len(prompts):
+            return saved["outputs"]
+    outs = []
+    start = time.perf_counter()
+    with open_model(fmt, model_path) as backend:
+        cfg = GenerateConfig(max_new, stop_tokens=backend.stop_tokens)
+        for i, p in enumerate(prompts, start=1):
+            outs.append(generate(backend, p, None, cfg).tokens if len(p) + max_new <= backend.n_ctx else [])
+            if i % 50 == 0 or i == len(prompts):
+                rate = i / (time.perf_counter() - start)
+                log(f"drafter generations {i}/{len(prompts)} (ETA {(len(prompts) - i) / rate:.0f} s)")
+    atomic_write_text(cache, json.dumps({"key": key, "outputs": outs}))
+    return outs
 
 
 def distill_ids(dcfg: DrafterConfig, sources: dict, calibs: list[str], n_vocab: int,
