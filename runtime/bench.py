@@ -25,6 +25,8 @@ both peers are measured side by side in one run, each against its own plain loop
 VocabTrim drafters (bundles exported with --drafter-layers; VARIANT = full | k<K>):
   model:VARIANT  the bundle's model drafter alone (full head, or trimmed to K target ids)
   chained:VARIANT tasc-spec+gen n-grams first, the model drafter only where they have no draft
+                 (with --chain-ask-below P also where their first token is below P, the
+                 likelier of the two drafts kept)
   MBSU for these counts the drafter's reads: tokens / (target forwards + c * drafter steps),
   c = drafter bytes per step / target bytes per step, from the manifest.
 
@@ -116,6 +118,7 @@ class BenchConfig:
     # their instruction / schema / tool list, which a serving device would not evaluate twice
     prefix_cache_mb: float = 0
     onnx_spin: bool = False  # onnxruntime workers busy-wait (quiet device); off = shared cores
+    chain_ask_below: float | None = None  # chained: ask the model where n-grams are below this
 
 
 @dataclass
@@ -447,7 +450,7 @@ def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bu
             base = model_drafters[m]
             model = ModelDrafter(base.backend, base.n_vocab, base.kept, config=base.cfg)
             drafters[m] = model if m.startswith("model:") else ChainedDrafter(
-                make_drafter("tasc-spec", exported()), model)
+                make_drafter("tasc-spec", exported()), model, ask_below=cfg.chain_ask_below)
     if "pld" in methods:
         drafters["pld"] = make_drafter("pld", None)
     if "tasc-spec" in methods:

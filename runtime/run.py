@@ -46,6 +46,7 @@ class RunConfig:
     n_ctx: int = 4096
     threads: int | None = None
     onnx_spin: bool = False  # onnxruntime workers busy-wait (quiet device); off = shared cores
+    chain_ask_below: float | None = None  # chained: ask the model where n-grams are below this
     table: str | None = None  # prebuilt .npz (tasc-edge export); else built from train outputs
     bundle: str | None = None  # an exported bundle: its model, and its table for this task
     drafter: str | None = None  # --method model|chained: the bundle's drafter variant (full, k<K>)
@@ -145,7 +146,8 @@ def run_task(cfg: RunConfig, log=print) -> RunSummary:
             model = open_drafter(bundle, cfg.drafter, backend, sampling, cfg.seed, cfg.threads)
             stack.callback(model.close)
             drafter = model if cfg.method == "model" else ChainedDrafter(
-                make_drafter("tasc-spec", table, NgramDraftConfig(max_order=cfg.max_order)), model)
+                make_drafter("tasc-spec", table, NgramDraftConfig(max_order=cfg.max_order)), model,
+                ask_below=cfg.chain_ask_below)
         else:
             drafter = make_drafter(cfg.method, table, NgramDraftConfig(max_order=cfg.max_order))
         if drafter is not None and sampling.greedy and not cfg.allow_inexact:

@@ -30,6 +30,13 @@ def _add_spin_arg(p: argparse.ArgumentParser) -> None:
                         "(faster on a quiet device; off by default: slower when the cores are shared)")
 
 
+def _add_chain_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chain-ask-below", type=float, default=None, metavar="P",
+                   help="chained drafting: also ask the model where the n-grams' first token is "
+                        "estimated below P, and keep the likelier draft (default: only where "
+                        "the n-grams have none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="tasc-edge", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -59,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bundle", help="an exported bundle (ONNX or GGUF): its model and task table")
     _add_model_args(run)
     _add_spin_arg(run)
+    _add_chain_arg(run)
 
     bench = sub.add_parser("bench", help="methods side by side on shared datasets, one process")
     bench.add_argument("--datasets", default="e2e_nlg,snips_slots,text2sql,bfcl,spec_bench")
@@ -92,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--readme", help="replace the results section of this README.md")
     _add_model_args(bench)
     _add_spin_arg(bench)
+    _add_chain_arg(bench)
 
     exp = sub.add_parser("export", help="write an artifact bundle: model, tokenizer, task tables, "
                                         "manifest (workstation side)")
@@ -235,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
                     quant=args.quant, n_ctx=args.n_ctx, threads=args.threads, table=args.table,
                     max_draft=args.max_draft, adaptive=not args.fixed_gamma, bundle=args.bundle,
                     drafter=args.drafter, onnx_spin=args.onnx_spin,
-                    compare=not args.no_compare, allow_inexact=args.allow_inexact)
+                    chain_ask_below=args.chain_ask_below, compare=not args.no_compare, allow_inexact=args.allow_inexact)
     summary = run_task(cfg)
     print()
     print(format_summary(summary))
@@ -258,7 +267,8 @@ def _bench(args: argparse.Namespace) -> int:
                       max_draft=args.max_draft, out=args.out, device=args.device,
                       repeats=args.repeats, sweep_rows=args.sweep_rows,
                       gamma_sweep=[int(g) for g in args.gamma_sweep.split(",") if g],
-                      prefix_cache_mb=args.prefix_cache_mb, onnx_spin=args.onnx_spin)
+                      prefix_cache_mb=args.prefix_cache_mb, onnx_spin=args.onnx_spin,
+                      chain_ask_below=args.chain_ask_below)
     report = run_bench(cfg)
     print(markdown(report))
     print(f"report written to {cfg.out}/bench.json and bench.md")

@@ -171,6 +171,8 @@ def test_cli_run_with_the_bundle_drafter(bundle_path, capsys):
             "--max-new-tokens", "24", "--n-ctx", "1024"]
     assert main([*base, "--method", "chained", "--drafter", "k48"]) == 0
     assert "3/3" in capsys.readouterr().out  # identical to plain on every row
+    assert main([*base, "--method", "chained", "--drafter", "k48", "--chain-ask-below", "1.0"]) == 0
+    assert "3/3" in capsys.readouterr().out
     assert main([*base, "--method", "model", "--drafter", "full", "--temperature", "0.8"]) == 0
     assert main([*base, "--method", "model"]) == 2
     assert "--drafter VARIANT" in capsys.readouterr().err
