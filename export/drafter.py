@@ -93,7 +93,7 @@ def distill(drafter, target, sequences: list[list[int]], cfg: DrafterConfig, log
     hidden = []
     with torch.no_grad():
         for s in seqs:
-            hidden.append(target.base_model(torch.tensor([s])).last_hidden_state[0])
+            hidden.append(target.get_decoder()(torch.tensor([s])).last_hidden_state[0])
     teacher_s = time.perf_counter() - start
     log(f"distillation: target hidden states for {len(seqs)} sequences "
         f"({sum(map(len, seqs))} tokens) in {teacher_s:.0f} s")
@@ -116,7 +116,7 @@ def distill(drafter, target, sequences: list[list[int]], cfg: DrafterConfig, log
         i = order.pop()
         with torch.no_grad():
             teacher = F.log_softmax(_soft_cap(hidden[i] @ rows.T, target.config), dim=-1)
-        h = drafter.base_model(torch.tensor([seqs[i]])).last_hidden_state[0]
+        h = drafter.get_decoder()(torch.tensor([seqs[i]])).last_hidden_state[0]
         student = F.log_softmax(_soft_cap(h @ student_rows.T, drafter.config), dim=-1)
         loss = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
         opt.zero_grad()

@@ -65,12 +65,22 @@ def test_distill_ids_are_the_union_of_the_largest_kept_sets():
         distill_ids(replace(cfg, distill_vocab="some"), sources, ["target"], 16, "h", {2})
 
 
-def test_distillation_over_kept_ids_trains_the_drafter(hf):  # noqa: F811
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_distillation_over_kept_ids_trains_the_drafter(hf, family):  # noqa: F811
+    """Both families the exporter meets: Llama (SmolLM2), and Gemma 3, whose CausalLM is its
+    own `base_model` (the decoder is `get_decoder()`) and whose layers alternate attention."""
     import torch
+    import transformers
 
     from tasc_edge.export.drafter import build_self_drafter, distill, load_target
 
-    target = load_target(hf)
+    if family == "llama":
+        target = load_target(hf)
+    else:
+        torch.manual_seed(0)
+        target = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+            vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8)).eval()
     drafter = build_self_drafter(target, 1)
     before = [p.detach().clone() for p in drafter.model.layers.parameters()]
     head_before = drafter.get_output_embeddings().weight.detach().clone()
