@@ -31,6 +31,12 @@ from tasc_edge.runtime.bundle import (FORMAT_VERSION, MANIFEST, MODEL_FILES, fil
 from tasc_edge.runtime.models import PACKAGED_MODELS, default_model, packaged_gguf
 
 
+# Bumped when the model step makes different files from the same source: a re-run then redoes
+# the model and everything made with its tokenizer. 2: tokenizers converted from a GGUF are
+# checked against llama.cpp's, Gemma's rebuilt as BPE (export/gguf_tokenizer.py)
+MODEL_STEP_VERSION = 2
+
+
 @dataclass
 class ExportBundleConfig:
     tasks: list[str]
@@ -76,7 +82,7 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
     model_path = out / MODEL_FILES[fmt]
     quant = cfg.onnx_quant if fmt == "onnx" else cfg.gguf_quant
     source_hash = _source_hash(source)
-    model_key = f"{source.resolve()}|{quant}|{source_hash}"
+    model_key = f"{source.resolve()}|{quant}|{source_hash}|model-step-{MODEL_STEP_VERSION}"
     state = _read_state(work)
     if state.get("model") != model_key or not model_path.is_file():
         if fmt == "onnx":
@@ -103,6 +109,10 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
     tables: dict[str, str] = {}
     backend = open_model(fmt, model_path, cfg.tables.n_ctx, cfg.tables.threads)
     try:
+        if fmt == "onnx" and source.is_file():  # a tokenizer converted from the GGUF's vocabulary
+            from tasc_edge.export.gguf_tokenizer import check_matches_gguf
+
+            check_matches_gguf(backend.tokenize, source, _task_texts(cfg.tasks), log)
         (out / "tables").mkdir(exist_ok=True)
         for task in cfg.tasks:
             name = Path(task).name.removesuffix(".jsonl") or "task"
@@ -176,6 +186,10 @@ def _hf_checkpoint(source: Path, work: Path, log) -> Path:
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(source.parent), gguf_file=source.name, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    if _gguf_tokenizer_model(source) == "llama":  # SentencePiece BPE: never Unigram (#41494)
+        from tasc_edge.export.gguf_tokenizer import as_bpe
+
+        tok = as_bpe(tok, source)
     if not tok.chat_template and model.config.model_type.startswith("gemma"):
         log("the GGUF has no chat template (a base model): using Gemma's turn format")
         tok.chat_template = GEMMA_TEMPLATE
@@ -183,6 +197,25 @@ def _hf_checkpoint(source: Path, work: Path, log) -> Path:
     tok.save_pretrained(staged)
     (staged / ".complete").write_text("ok\n")
     return staged
+
+
+def _gguf_tokenizer_model(source: Path) -> str | None:
+    """tokenizer.ggml.model of a GGUF: llama (SentencePiece BPE), gpt2, t5 (Unigram), ..."""
+    import gguf
+
+    field_ = gguf.GGUFReader(str(source)).get_field("tokenizer.ggml.model")
+    return bytes(field_.parts[-1]).decode() if field_ else None
+
+
+def _task_texts(tasks: list[str], per_task: int = 50) -> list[str]:
+    """Prompts and outputs of the first train rows of each task: what the bundle will tokenize."""
+    from tasc_edge.tasks import load_task
+
+    texts = []
+    for t in tasks:
+        for row in load_task(t).train[:per_task]:
+            texts += [row.prompt, row.output]
+    return [x for x in texts if x]
 
 
 def _architecture(out: Path, fmt: str, model_path: Path) -> str:
