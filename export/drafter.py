@@ -5,13 +5,14 @@ drafter is a *self-drafter*: the target's embeddings, its first `layers` decoder
 final norm and its (tied) head. Untrained, such an early exit agrees with the target almost
 never (0 of 37 positions measured here for 4 of SmolLM2's 30 layers), so a short
 distillation trains the drafter's layers and norm on the target's own output distribution
-for prompt + target-generated sequences; embeddings and head stay the target's. The KL runs over the task's kept ids by default (`distill_vocab="kept"`: the
-largest kept set chosen from the target's own generations), the distribution a trimmed drafter
-can actually propose from; for Gemma 3's 262,144-row head the full-vocabulary KL cost ~12 s per
-step on this CPU, over 4,096 ids it costs the decoder layers' share. The drafter is distilled
-*once*; trimming then only drops head rows, exactly as VocabTrim prunes an existing drafter, so
-"untrimmed vs trimmed at K" compares the same network. Any same-tokenizer HF checkpoint a user brings (`--drafter-model`) goes
-through the same trimming and export.
+for prompt + target-generated sequences; embeddings and head stay the target's. By default
+(`distill_vocab="kept"`) the KL runs over the task's kept ids - the union of the largest kept
+set of each calibration source (export/vocabtrim.py) -, the tokens a trimmed drafter can
+propose; for Gemma 3's 262,144-row head the full-vocabulary KL cost ~12 s per step on this
+CPU, over 4,096 ids a step costs the decoder layers' share. The drafter is distilled *once*;
+trimming then only drops head rows, exactly as VocabTrim prunes an existing drafter, so
+"untrimmed vs trimmed at K" compares the same network. Any same-tokenizer HF checkpoint a
+user brings (`--drafter-model`) goes through the same trimming and export.
 
 Runs on a CPU (2 cores here) in minutes for SmolLM2; on GPUs it is plain torch, so
 `accelerate launch` / torchrun scale it like any training script (it is not the bottleneck).

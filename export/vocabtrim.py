@@ -23,15 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tasc_edge.decode import GenerateConfig, generate
 from tasc_edge.errors import TascError
 from tasc_edge.export.drafter import (DrafterConfig, build_self_drafter, distill, load_target,
                                       save_drafter, top1_agreement)
 from tasc_edge.export.gguf_drafter import export_gguf_drafter, gguf_step_bytes
 from tasc_edge.export.onnx import export_onnx, step_bytes
 from tasc_edge.export.tables import _read_generated, generated_corpus
-from tasc_edge.ngram import NgramTable
-from tasc_edge.decode import GenerateConfig, generate
 from tasc_edge.files import atomic_write_text
+from tasc_edge.ngram import NgramTable
 from tasc_edge.runtime.bundle import file_entry, open_model
 from tasc_edge.tasks import load_task, task_sequences
 from tasc_edge.vocab_trim import CALIB_SOURCES, KeptVocab, choose_kept, token_counts
