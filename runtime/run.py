@@ -153,7 +153,8 @@ def run_task(cfg: RunConfig, log=print) -> RunSummary:
         if drafter is not None and sampling.greedy and not cfg.allow_inexact:
             check_exact_batching(backend, cfg.max_draft + 1)
         curve = measure_cost_curve(backend, max_k=cfg.max_draft + 1)
-        log(f"model {model_path.name} ({cfg.quant}), {backend.n_threads} threads; t(1) = "
+        quant = bundle.manifest["model"]["quant"] if bundle is not None else cfg.quant
+        log(f"model {model_path.name} ({quant}), {backend.n_threads} threads; t(1) = "
             f"{curve.step_seconds * 1e3:.1f} ms, t(k)/t(1) for k=1..{len(curve.ratios)}: "
             + " ".join(f"{r:.2f}" for r in curve.ratios))
         if table is not None:
