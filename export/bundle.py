@@ -186,7 +186,7 @@ def _hf_checkpoint(source: Path, work: Path, log) -> Path:
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(source.parent), gguf_file=source.name, dtype=torch.float32)
     tok = transformers.AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-    if _gguf_tokenizer_model(source) == "llama":  # SentencePiece BPE: never Unigram (#41494)
+    if _gguf_string(source, "tokenizer.ggml.model") == "llama":  # SentencePiece BPE: never Unigram (#41494)
         from tasc_edge.export.gguf_tokenizer import as_bpe
 
         tok = as_bpe(tok, source)
@@ -199,11 +199,12 @@ def _hf_checkpoint(source: Path, work: Path, log) -> Path:
     return staged
 
 
-def _gguf_tokenizer_model(source: Path) -> str | None:
-    """tokenizer.ggml.model of a GGUF: llama (SentencePiece BPE), gpt2, t5 (Unigram), ..."""
+def _gguf_string(path: Path, key: str) -> str | None:
+    """A string field of a GGUF's metadata, e.g. tokenizer.ggml.model: llama (SentencePiece
+    BPE), gpt2, t5 (Unigram)."""
     import gguf
 
-    field_ = gguf.GGUFReader(str(source)).get_field("tokenizer.ggml.model")
+    field_ = gguf.GGUFReader(str(path)).get_field(key)
     return bytes(field_.parts[-1]).decode() if field_ else None
 
 
@@ -223,10 +224,7 @@ def _architecture(out: Path, fmt: str, model_path: Path) -> str:
         cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
         return ",".join(cfg.get("architectures", [])) or cfg.get("model_type", "unknown")
     try:
-        import gguf
-
-        field_ = gguf.GGUFReader(str(model_path)).get_field("general.architecture")
-        return bytes(field_.parts[-1]).decode() if field_ else "unknown"
+        return _gguf_string(model_path, "general.architecture") or "unknown"
     except ImportError:
         return "unknown"
 
