@@ -119,6 +119,7 @@ class BenchConfig:
     prefix_cache_mb: float = 0
     onnx_spin: bool = False  # onnxruntime workers busy-wait (quiet device); off = shared cores
     chain_ask_below: float | None = None  # chained: ask the model where n-grams are below this
+    resume: bool = False  # keep the rows already measured in `out`, run only the rest
 
 
 @dataclass
@@ -190,6 +191,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
               "device": cfg.device, "bandwidth_gbs": bandwidth,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "memory_mb": {"start": start_rss / 1e6},
               "backend": "onnxruntime" if onnx else "llama.cpp"}
+    try:
+        drafters_here = {v: bundle.manifest["drafters"][v] for v in variants}
+        prior = _prior_rows(cfg, report, methods, drafters_here) if cfg.resume else {}
+    except TascError:
+        backend.close()
+        raise
     with backend:
         report["memory_mb"]["after_target"] = memory.rss() / 1e6
         report["kv_cache"] = backend.kv_type
@@ -222,7 +229,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         table_bytes: dict[str, dict[str, int]] = {}
         started, done_rows = time.perf_counter(), 0
         restore = _interrupt_on_signals()
-        total_rows = cfg.limit * len(cfg.datasets)
+        total_rows = cfg.limit * len(cfg.datasets) - sum(1 for k in prior if k[0] in cfg.datasets)
         try:
             for name in cfg.datasets:
                 task = load_task(Path(cfg.data_root) / name)
@@ -240,6 +247,11 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                     rows.append(row)
                     prompts.append(prompt)
                 for i, (row, prompt) in enumerate(zip(rows, prompts)):
+                    if (name, row.id) in prior:  # measured by the run being resumed
+                        runs.extend(prior[(name, row.id)])
+                        if i == len(rows) - 1:
+                            _finish(report, runs, cfg, curve, memory, table_bytes, final=False)
+                        continue
                     row_methods = methods + (sweep if i < cfg.sweep_rows else [])
                     order = row_methods[i % len(row_methods):] + row_methods[: i % len(row_methods)]
                     tries: dict[str, list[RowRun]] = {m: [] for m in order}
@@ -273,6 +285,44 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             memory.stop()
     _finish(report, runs, cfg, curve, memory, table_bytes)
     return report
+
+
+def _prior_rows(cfg: BenchConfig, report: dict, methods: list[str],
+                drafters: dict) -> dict[tuple[str, str], list[RowRun]]:
+    """The rows an earlier run with this very configuration (--limit aside) finished in
+    cfg.out, by (dataset, row id); only rows every method finished count. Each row's methods
+    ran side by side in one process, so its ratios hold; the report lists every run segment
+    with its own cost curve, and `predicted` columns use the newest one."""
+    path = Path(cfg.out) / "bench.json"
+    if not path.is_file():
+        raise TascError(f"--resume: no {path} to resume; run without --resume first")
+    old = json.loads(path.read_text())
+    loose = ("limit", "out", "resume", "datasets")  # what a resumed run may change
+    mine = {k: v for k, v in asdict(cfg).items() if k not in loose}
+    theirs = {k: v for k, v in old.get("config", {}).items() if k not in loose and k in mine}
+    diff = sorted(k for k in mine if theirs.get(k, mine[k]) != mine[k])
+    if old.get("schema") != report["schema"] or diff:
+        raise TascError(f"--resume: {path} was measured with other settings ({', '.join(diff) or 'schema'}); "
+                        "resume with the same command (only --limit may change) or use another --out")
+    for key in ("model_sha256", "backend"):
+        if old.get(key) != report[key]:
+            raise TascError(f"--resume: {path} measured another model or backend ({key} differs)")
+    if old.get("drafters", {}) != drafters:
+        raise TascError(f"--resume: the drafters in {path} are not this bundle's")
+    here, there = report["machine"], old.get("machine", {})
+    if any(here.get(k) != there.get(k) for k in ("platform", "machine", "processor", "cpus")):
+        raise TascError(f"--resume: {path} was measured on another machine; rows would not compare")
+    fields = RowRun.__dataclass_fields__
+    by_row: dict[tuple[str, str], list[RowRun]] = {}
+    for r in old.get("rows", []):
+        run = RowRun(**{k: v for k, v in r.items() if k in fields})
+        by_row.setdefault((run.dataset, run.row), []).append(run)
+    kept = {k: v for k, v in by_row.items() if set(methods) <= {r.method for r in v}}
+    segments = old.get("resumed", {}).get("segments", []) + [{
+        "started": old.get("started"), "ended": old.get("finished") or old.get("checkpoint"),
+        "rows": len(kept), "cost_curve": old.get("cost_curve")}]
+    report["resumed"] = {"segments": segments, "peak_mb": old.get("memory_mb", {}).get("peak_by_method", {})}
+    return kept
 
 
 def _frozen_cache(mb: float) -> PrefixCache:
@@ -316,7 +366,10 @@ def _interrupt_on_signals():
 
 def _finish(report: dict, runs: list[RowRun], cfg: BenchConfig, curve: CostCurve,
             memory: RssSampler, table_bytes: dict, final: bool = True) -> None:
-    report["memory_mb"]["peak_by_method"] = {m: v / 1e6 for m, v in memory.peak.items()}
+    peaks = {m: v / 1e6 for m, v in memory.peak.items()}
+    for m, mb in report.get("resumed", {}).get("peak_mb", {}).items():  # the runs resumed
+        peaks[m] = max(mb, peaks.get(m, 0.0))
+    report["memory_mb"]["peak_by_method"] = peaks
     report["table_bytes"] = table_bytes
     if cfg.prefix_cache_mb > 0:
         report["prefix_cache"] = {"mb": cfg.prefix_cache_mb, "mode": "earlier rows' prompts, frozen "
@@ -605,6 +658,10 @@ def markdown(report: dict) -> str:
                   for r in vs_unpadded]
     if report.get("partial"):
         lines += ["", "**Partial**: a checkpoint written after each dataset; the run did not finish."]
+    if segs := report.get("resumed", {}).get("segments"):
+        lines += ["", f"**Resumed** (`--resume`): rows measured in {len(segs) + 1} runs on this machine, "
+                  "each row's methods side by side in one of them (earlier: " + ", ".join(
+                      f"{s['started']} - {s['ended']}" for s in segs) + ")."]
     if report.get("interrupted"):
         lines += ["", "**Interrupted**: only the rows that finished are counted."]
     return "\n".join(lines) + "\n"

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fixed draft lengths, e.g. 1,2,4,8: tau vs gamma on the first --sweep-rows rows")
     bench.add_argument("--sweep-rows", type=int, default=10)
     bench.add_argument("--no-plots", action="store_true")
+    bench.add_argument("--resume", action="store_true",
+                       help="continue the report in --out (same command; --limit may grow): rows "
+                            "already measured there are kept, only the rest run")
     bench.add_argument("--prefix-cache-mb", type=float, default=0,
                        help="keep earlier rows' prompt KV (MB) for reuse, as a serving device "
                             "would; 0 (default) = every request evaluates its whole prompt")
@@ -268,7 +271,7 @@ def _bench(args: argparse.Namespace) -> int:
                       repeats=args.repeats, sweep_rows=args.sweep_rows,
                       gamma_sweep=[int(g) for g in args.gamma_sweep.split(",") if g],
                       prefix_cache_mb=args.prefix_cache_mb, onnx_spin=args.onnx_spin,
-                      chain_ask_below=args.chain_ask_below)
+                      chain_ask_below=args.chain_ask_below, resume=args.resume)
     report = run_bench(cfg)
     print(markdown(report))
     print(f"report written to {cfg.out}/bench.json and bench.md")

@@ -175,6 +175,33 @@ def test_interrupted_bench_leaves_a_valid_partial_report(model, data_root, tmp_p
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_resumed_bench_keeps_measured_rows_and_runs_the_rest(model, data_root, tmp_path):
+    def stop_after_first_row(line):
+        if "[1/3]" in line:
+            raise KeyboardInterrupt
+
+    bench.run_bench(bench_cfg(model, data_root, tmp_path), log=stop_after_first_row)
+    first = {(r["dataset"], r["row"], r["method"]): r["total_s"]
+             for r in report_mod.load_report(tmp_path)["rows"]}
+    assert len(first) == 5  # slots' first row: pld, tasc-spec, llama-pld, plain, llama-plain
+    ran = []
+    cfg = replace(bench_cfg(model, data_root, tmp_path), resume=True)
+    report = bench.run_bench(cfg, log=ran.append)
+    loaded = report_mod.load_report(tmp_path)
+    again = {(r["dataset"], r["row"], r["method"]): r["total_s"] for r in loaded["rows"]}
+    assert {k: again[k] for k in first} == first  # kept, not re-measured
+    rows_run = [line for line in ran if "rows, ETA" in line]
+    assert len(rows_run) == 5 and not any(line.startswith("slots [1/3]") for line in rows_run)
+    assert rows_run[-1].startswith("calls [3/3] 5/5 rows")
+    assert {r["rows"] for r in loaded["results"]} == {3} and not loaded.get("interrupted")
+    assert len(report["resumed"]["segments"]) == 1
+    assert "Resumed" in (tmp_path / "bench.md").read_text()
+    with pytest.raises(TascError, match="other settings \\(max_new_tokens\\)"):
+        bench.run_bench(replace(cfg, max_new_tokens=8), log=lambda *_: None)
+    with pytest.raises(TascError, match="no .*bench.json to resume"):
+        bench.run_bench(replace(cfg, out=str(tmp_path / "empty")), log=lambda *_: None)
+
+
 def test_sigterm_leaves_a_valid_partial_report(model, data_root, tmp_path):
     import os
     import signal
