@@ -27,7 +27,7 @@ import numpy as np
 
 from tasc_edge.errors import require
 from tasc_edge.export.gguf_write import _load_weights, write_gguf
-from tasc_edge.files import atomic_write_bytes
+from tasc_edge.files import atomic_write_npy
 from tasc_edge.runtime.models import resolve_model
 from tasc_edge.vocab_trim import KeptVocab
 
@@ -43,20 +43,12 @@ def export_gguf_drafter(hf_dir: Path, target_gguf: Path, work: Path, folder: Pat
     shutil.copyfile(model, tmp)
     os.replace(tmp, folder / "model.gguf")
     if kept is not None:
-        atomic_write_bytes(folder / "embed.npy", _npy_bytes(_input_embeddings(hf_dir)))
+        atomic_write_npy(folder / "embed.npy", _input_embeddings(hf_dir))
     f16.unlink(missing_ok=True)
 
 
 def _input_embeddings(hf_dir: Path) -> np.ndarray:
     return _load_weights(hf_dir)["model.embed_tokens.weight"].astype(np.float16)
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
 
 
 def gguf_step_bytes(path: Path) -> int:

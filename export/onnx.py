@@ -21,7 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tasc_edge.errors import TascError, require
+from tasc_edge.files import atomic_write_npy
 
 ONNX_QUANTS = {"fp32": None, "int8": 8, "int4": 4}
 # what the device needs next to model.onnx (a GGUF carries its tokenizer and template inside)
@@ -38,8 +41,10 @@ class ModelFile:
 
 
 def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=print,
-                keep_rows=None) -> ModelFile:
-    """`keep_rows`: target ids the LM head keeps (a VocabTrim drafter); None keeps them all."""
+                keep_rows=None, embed_out: Path | None = None) -> ModelFile:
+    """`keep_rows`: target ids the LM head keeps (a VocabTrim drafter); None keeps them all.
+    `embed_out`: move the input embedding table out of the graph into this .npy (the model
+    then takes `inputs_embeds`); a file already there with the same table is left alone."""
     if quant not in ONNX_QUANTS:
         raise TascError(f"unknown ONNX quantization {quant!r}; choose {', '.join(ONNX_QUANTS)}")
     onnx = require("onnx", "export")
@@ -56,10 +61,14 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
         (raw / ".complete").write_text("ok\n")
     model = onnx.load(str(raw / "model.onnx"))
     bits = ONNX_QUANTS[quant]
-    if bits is not None or keep_rows is not None:  # fp32 keeps the tied head: untying would
-        untie_lm_head(model)  # only add a second copy, unless rows are dropped from it
+    if bits is not None or keep_rows is not None or embed_out is not None:
+        untie_lm_head(model)  # fp32 keeps a tied head, unless rows or the embedding leave it
     if keep_rows is not None:
         trim_lm_head(model, keep_rows)
+    if embed_out is not None:
+        table = move_embedding_out(model)
+        if not embed_out.is_file() or not np.array_equal(np.load(embed_out, mmap_mode="r"), table):
+            atomic_write_npy(embed_out, table)
     if bits is not None:
         log(f"quantizing weights to {quant} (MatMulNBits, block 32, accuracy level 4)")
         model = quantize_weights(model, bits)
@@ -75,6 +84,7 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
             shutil.copyfile(raw / name, work / name)
             (work / name).replace(out / name)
     trimmed = "" if keep_rows is None else f" + head trimmed to {len(keep_rows)} rows"
+    trimmed += "" if embed_out is None else f" + input embeddings in {embed_out.name}"
     return ModelFile(out / "model.onnx", f"optimum-onnx main_export(text-generation-with-past) + "
                      f"untied head{trimmed} + {quant} weight-only quantization", quant,
                      time.perf_counter() - start)
@@ -82,7 +92,6 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
 
 def untie_lm_head(model) -> bool:
     """Replace MatMul(x, Transpose(embedding)) by MatMul(x, W) with W = embedding^T stored."""
-    import numpy as np
     from onnx import numpy_helper
 
     graph = model.graph
@@ -98,10 +107,43 @@ def untie_lm_head(model) -> bool:
     return False
 
 
+def move_embedding_out(model) -> np.ndarray:
+    """Take the input embedding Gather out of the graph: its table is returned, and a new graph
+    input `inputs_embeds` [batch, sequence, hidden] feeds what the Gather fed (Gemma's scale
+    and everything else stay in the graph). Why: a drafter reads one embedding row per token
+    but onnxruntime holds the whole table in its arena; a 262k-token Gemma table is 671 MB in
+    fp32, per drafter. Memory-mapped by the runtime instead, only the rows in use are paged in,
+    and every drafter of a bundle maps the same file. `input_ids` stays an input only if the
+    graph still reads it (for shapes). Call after untie_lm_head (the head must not share it)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits
+                   and n.input[1] == "input_ids"), None)
+    if gather is None:
+        raise TascError("no embedding Gather on input_ids in the exported graph")
+    init = inits[gather.input[0]]
+    if any(init.name in n.input for n in graph.node if n is not gather):
+        raise TascError(f"the embedding {init.name} is read by more than its Gather (a tied head?)")
+    table = numpy_helper.to_array(init)
+    at = list(graph.node).index(gather)  # the Identity takes its place: nodes stay sorted
+    graph.node.remove(gather)
+    graph.initializer.remove(init)
+    graph.node.insert(at, helper.make_node("Identity", ["inputs_embeds"], [gather.output[0]],
+                                           name="inputs_embeds_identity"))
+    dtype = helper.np_dtype_to_tensor_dtype(table.dtype)
+    graph.input.append(helper.make_tensor_value_info(
+        "inputs_embeds", dtype, ["batch_size", "sequence_length", int(table.shape[1])]))
+    if not any("input_ids" in n.input for n in graph.node):
+        ids = next(i for i in graph.input if i.name == "input_ids")
+        graph.input.remove(ids)
+    return table
+
+
 def trim_lm_head(model, keep_rows) -> None:
     """Keep only the head columns `keep_rows` (VocabTrim): logits shrink to [.., K], and the
     graph output says so. Needs an untied head (a plain MatMul weight [hidden, vocab])."""
-    import numpy as np
     from onnx import numpy_helper
 
     graph = model.graph
@@ -142,7 +184,6 @@ def step_bytes(path: Path) -> int:
 
 
 def _init_bytes(init) -> int:
-    import numpy as np
     from onnx import helper
 
     if init.raw_data:

@@ -1,5 +1,6 @@
 """Bundle step: VocabTrim drafters (calibrate, build + distill the drafter, export per K).
 
+    bundle/drafter/embed.npy  the input embedding table, shared by the ONNX variants (mapped)
     bundle/drafter/full/   model.onnx + tokenizer files          (untrimmed head, if asked)
     bundle/drafter/k4096/  model.onnx + tokenizer files + kept.npz (head keeps 4096 target ids)
 GGUF bundles get model.gguf (+ embed.npy) per variant instead: see export/gguf_drafter.py.
@@ -35,6 +36,10 @@ from tasc_edge.ngram import NgramTable
 from tasc_edge.runtime.bundle import file_entry, open_model
 from tasc_edge.tasks import load_task, task_sequences
 from tasc_edge.vocab_trim import CALIB_SOURCES, KeptVocab, choose_kept, token_counts
+
+# ONNX drafters take `inputs_embeds`: the table is one memory-mapped file for every variant
+# instead of a copy inside each onnxruntime session (671 MB fp32 each for Gemma 3's 262k rows)
+ONNX_EMBED = "drafter/embed.npy"
 
 
 def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], tables_cfg,
@@ -99,7 +104,8 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
 
     def export_variant(variant: str, kept: KeptVocab | None, folder: Path) -> None:
         """One drafter model file (head trimmed to `kept`) in `folder`, unless already there."""
-        vkey = f"{fmt}|{key}|{quant}|{None if kept is None else (kept.calib, kept.k, kept.calib_tokens)}"
+        vkey = (f"{fmt}|{key}|{quant}|{None if kept is None else (kept.calib, kept.k, kept.calib_tokens)}"
+                f"|embed-{ONNX_EMBED}")
         if state.get(f"drafter:{variant}") == vkey and (folder / model_file).is_file():
             return
         shutil.rmtree(folder, ignore_errors=True)
@@ -107,7 +113,7 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         log(f"exporting drafter {variant} ({fmt} {quant})")
         if fmt == "onnx":
             export_onnx(drafter_dir, work / "drafter-onnx", folder, quant, log,
-                        keep_rows=None if kept is None else kept.ids)
+                        keep_rows=None if kept is None else kept.ids, embed_out=out / ONNX_EMBED)
         else:
             export_gguf_drafter(drafter_dir, out / model_file, work, folder, kept, quant, log)
         if kept is not None:
@@ -120,7 +126,8 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         export_variant("full" if dcfg.untrimmed else "calib-full", None, full_dir)
         sources["drafter"] = drafter_generations(fmt, full_dir / model_file, prompts, key,
                                                  work / "drafter-generations.json",
-                                                 tables_cfg.max_new_tokens, log)
+                                                 tables_cfg.max_new_tokens, log,
+                                                 out / ONNX_EMBED if fmt == "onnx" else None)
     variants: dict[str, KeptVocab | None] = {"full": None} if dcfg.untrimmed else {}
     for calib in calibs:  # variant names: k<K> for target calibration, k<K>-<calib> otherwise
         counts = token_counts(sources[calib], backend.n_vocab)
@@ -140,6 +147,7 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         kept = KeptVocab.load(folder / "kept.npz") if (folder / "kept.npz").is_file() else None
         files += [file_entry(out, f, f"VocabTrim drafter {variant}") for f in sorted(folder.iterdir())
                   if f.is_file()]
+        embed = ONNX_EMBED if fmt == "onnx" else None
         bytes_ = weight_bytes(folder / model_file)
         entries[variant] = {
             "dir": f"drafter/{variant}", "k": None if kept is None else kept.k,
@@ -147,15 +155,18 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
             "calib": None if kept is None else kept.calib,
             "calib_tokens": None if kept is None else kept.calib_tokens, "layers": dcfg.layers if not dcfg.model else None,
             "step_bytes": bytes_, "target_step_bytes": target_bytes, "c": bytes_ / target_bytes,
-            "distill": state.get("distill"), "quant": quant}
+            "distill": state.get("distill"), "quant": quant, "embed": embed}
         log(f"drafter {variant}: K={entries[variant]['k'] or backend.n_vocab}, coverage "
             f"{entries[variant]['coverage']:.3f}, {bytes_ / 1e6:.1f} MB read per step, c = {bytes_ / target_bytes:.3f}")
+    if fmt == "onnx" and variants:
+        files.append(file_entry(out, out / ONNX_EMBED, "VocabTrim drafters' input embeddings (fp32, "
+                                "the target's rows; taken out of the ONNX graphs)"))
     shutil.rmtree(work / "drafter-onnx", ignore_errors=True)
     return entries, files
 
 
 def drafter_generations(fmt: str, model_path: Path, prompts: list[list[int]], key: str, cache: Path,
-                        max_new: int, log) -> list[list[int]]:
+                        max_new: int, log, embed: Path | None = None) -> list[list[int]]:
     """The distilled drafter's greedy outputs on the calibration prompts (calibration source
     `drafter`), decoded by the runtime from its exported full-head model: on this CPU
     transformers' generate() spent ~25 s per prompt, the exported drafter a fraction of that.
@@ -166,7 +177,13 @@ def drafter_generations(fmt: str, model_path: Path, prompts: list[list[int]], ke
             return saved["outputs"]
     outs = []
     start = time.perf_counter()
-    with open_model(fmt, model_path) as backend:
+    if embed is not None:
+        from tasc_edge.runtime.onnx_backend import OnnxBackend
+
+        opened = OnnxBackend(model_path, input_embeddings=np.load(embed, mmap_mode="r"))
+    else:
+        opened = open_model(fmt, model_path)
+    with opened as backend:
         cfg = GenerateConfig(max_new, stop_tokens=backend.stop_tokens)
         for i, p in enumerate(prompts, start=1):
             outs.append(generate(backend, p, None, cfg).tokens if len(p) + max_new <= backend.n_ctx else [])

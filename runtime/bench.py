@@ -192,8 +192,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "memory_mb": {"start": start_rss / 1e6},
               "backend": "onnxruntime" if onnx else "llama.cpp"}
     try:
-        drafters_here = {v: bundle.manifest["drafters"][v] for v in variants}
-        prior = _prior_rows(cfg, report, methods, drafters_here) if cfg.resume else {}
+        prior = _prior_rows(cfg, report, methods, {v: bundle.manifest.get("drafters", {}).get(v)
+                                                   for v in variants}) if cfg.resume else {}
     except TascError:
         backend.close()
         raise

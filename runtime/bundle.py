@@ -155,23 +155,31 @@ def open_drafter(bundle: Bundle, variant: str, target, sampling=None, seed: int 
                         f"{', '.join(drafter_variants(bundle)) or 'none'}; export with --drafter-layers)")
     folder = bundle.path / entry["dir"]
     kept = KeptVocab.load(folder / "kept.npz", target.tokenizer_hash) if entry.get("k") else None
-    embed = None
+    placeholder_vocab = bundle.format == "gguf" and kept is not None
     if bundle.format == "gguf":
         from tasc_edge.runtime.llama_backend import LlamaCppBackend
 
-        if kept is not None:
-            # its own vocabulary is the K kept ids (placeholders): inputs arrive as rows of the
-            # target-vocabulary embedding table; the kept list above carries the tokenizer check
-            embed = np.load(folder / "embed.npy", mmap_mode="r", allow_pickle=False)
-            if embed.shape[0] != target.n_vocab:
-                raise TascError(f"{folder}/embed.npy has {embed.shape[0]} rows, the target's vocabulary "
-                                f"{target.n_vocab}; a drafter must share the target's tokenizer")
+        # a trimmed GGUF drafter's own vocabulary is the K kept ids (placeholders): inputs arrive
+        # as rows of the target-vocabulary table; the kept list above carries the tokenizer check
+        embed = _embedding_table(folder / "embed.npy", target.n_vocab) if placeholder_vocab else None
         backend = LlamaCppBackend(folder / "model.gguf", n_ctx=target.n_ctx, n_threads=n_threads,
                                   input_embeddings=embed)
     else:  # drafts need not be bit-exact, so the drafter skips the pad row the target needs
-        backend = OnnxBackend(folder / "model.onnx", n_ctx=target.n_ctx, n_threads=n_threads, min_rows=1)
-    if embed is None and backend.tokenizer_hash != target.tokenizer_hash:
+        # newer exports move the table out of the graph: one file, mapped, shared by the variants
+        embed = _embedding_table(bundle.path / entry["embed"], target.n_vocab) if entry.get("embed") else None
+        backend = OnnxBackend(folder / "model.onnx", n_ctx=target.n_ctx, n_threads=n_threads, min_rows=1,
+                              input_embeddings=embed)
+    if not placeholder_vocab and backend.tokenizer_hash != target.tokenizer_hash:
         backend.close()
         raise TascError(f"{folder}: the drafter's tokenizer {backend.tokenizer_hash[:12]} is not the "
                         f"target's {target.tokenizer_hash[:12]}; a drafter must share the target's tokenizer")
     return ModelDrafter(backend, target.n_vocab, kept, sampling, seed, config)
+
+
+def _embedding_table(path: Path, n_vocab: int) -> np.ndarray:
+    """A drafter's input embedding table [n_vocab, hidden], memory-mapped (rows page in as used)."""
+    table = np.load(path, mmap_mode="r", allow_pickle=False)
+    if table.ndim != 2 or table.shape[0] != n_vocab:
+        raise TascError(f"{path} has shape {table.shape}, not the target's vocabulary of {n_vocab} "
+                        "rows; a drafter must share the target's tokenizer")
+    return table

@@ -47,7 +47,9 @@ class OnnxBackend:
 
     def __init__(self, model_path: str | Path, n_ctx: int | None = None, n_threads: int | None = None,
                  min_rows: int = 2, spinning: bool = False, reuse_prefix: bool = True,
-                 n_batch: int = 512) -> None:
+                 n_batch: int = 512, input_embeddings: np.ndarray | None = None) -> None:
+        """`input_embeddings` [n_vocab, hidden]: for a graph exported with its embedding moved
+        out (export/onnx.py move_embedding_out), the table whose rows feed `inputs_embeds`."""
         ort = require("onnxruntime", "runtime")
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -61,9 +63,17 @@ class OnnxBackend:
         self.session = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._layers = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
-        if "input_ids" not in inputs or not self._layers:
+        if not ({"input_ids", "inputs_embeds"} & set(inputs)) or not self._layers:
             raise TascError(f"{model_path}: not a decoder exported with past key values "
                             "(export with task text-generation-with-past)")
+        self._embd = input_embeddings
+        if ("inputs_embeds" in inputs) != (input_embeddings is not None):
+            raise TascError(f"{model_path}: " + ("its inputs are embeddings: pass the table it was "
+                            "exported with" if input_embeddings is None else "takes input ids, not embeddings"))
+        if input_embeddings is not None and input_embeddings.shape[1] != inputs["inputs_embeds"].shape[-1]:
+            raise TascError(f"{model_path}: input embeddings of width {input_embeddings.shape[1]}, the "
+                            f"model takes {inputs['inputs_embeds'].shape[-1]}")
+        self._feed_ids = "input_ids" in inputs
         kv = inputs["past_key_values.0.key"]
         self._kv_heads, self._head_dim = int(kv.shape[1]), int(kv.shape[3])
         self._kv_dtype = np.float16 if "float16" in kv.type else np.float32
@@ -127,8 +137,11 @@ class OnnxBackend:
             raise TascError(f"context full: {self.n_past} + {n} tokens > n_ctx {self.n_ctx}")
         ids = tokens + [tokens[-1]] * pad
         total = self.n_past + len(ids)
-        feed = {"input_ids": np.asarray([ids], dtype=np.int64),
-                "attention_mask": np.ones((1, total), dtype=np.int64)}
+        feed = {"attention_mask": np.ones((1, total), dtype=np.int64)}
+        if self._feed_ids:
+            feed["input_ids"] = np.asarray([ids], dtype=np.int64)
+        if self._embd is not None:  # rows of a memory-mapped table: only rows in use are paged in
+            feed["inputs_embeds"] = np.ascontiguousarray(self._embd[ids])[None]
         if self._position_ids:
             feed["position_ids"] = np.arange(self.n_past, total, dtype=np.int64)[None]
         for layer, (k, v) in enumerate(self._past):

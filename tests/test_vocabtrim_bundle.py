@@ -126,6 +126,40 @@ def test_trimmed_drafters_are_exact_against_the_onnx_target(bundle_path):
     assert_drafters_exact(bundle_path, ("full", "k48"), check)
 
 
+def test_onnx_drafters_share_one_mapped_embedding_table_with_identical_logits(bundle_path, tmp_path):
+    """The drafters take `inputs_embeds` from drafter/embed.npy (one mapped file, not a copy
+    per onnxruntime session); the graph holds no table, and its logits are bit-identical to
+    the same drafter exported with the table inside."""
+    import onnx
+
+    from tasc_edge.export.onnx import export_onnx, move_embedding_out
+    from tasc_edge.runtime.onnx_backend import OnnxBackend
+
+    bundle = load_bundle(bundle_path)
+    entries = bundle.manifest["drafters"]
+    assert {e["embed"] for e in entries.values()} == {"drafter/embed.npy"}
+    assert "drafter/embed.npy" in {f["path"] for f in bundle.manifest["files"]}
+    table = np.load(bundle_path / "drafter" / "embed.npy", mmap_mode="r")
+    graph = onnx.load(str(bundle_path / "drafter" / "k48" / "model.onnx")).graph
+    assert "inputs_embeds" in {i.name for i in graph.input}
+    assert not any(tuple(i.dims) == table.shape for i in graph.initializer)  # no table inside
+    with pytest.raises(TascError, match="no embedding Gather"):
+        move_embedding_out(onnx.load(str(bundle_path / "drafter" / "k48" / "model.onnx")))
+
+    inside = tmp_path / "inside"
+    inside.mkdir()
+    export_onnx(bundle_path / ".work" / "drafter-hf", tmp_path / "w", inside, "int4", lambda *_: None,
+                keep_rows=np.load(bundle_path / "drafter" / "k48" / "kept.npz")["ids"])
+    tokens = [5, 17, 99, 3, 250, 41, 7]
+    with OnnxBackend(inside / "model.onnx", min_rows=1) as a, OnnxBackend(
+            bundle_path / "drafter" / "k48" / "model.onnx", min_rows=1, input_embeddings=table) as b:
+        a.prefill(tokens[:4]), b.prefill(tokens[:4])
+        assert np.array_equal(a.forward(tokens[4:]), b.forward(tokens[4:]))
+        assert np.array_equal(a.forward([9]), b.forward([9]))
+    with pytest.raises(TascError, match="pass the table"):
+        OnnxBackend(bundle_path / "drafter" / "k48" / "model.onnx")
+
+
 def test_drafter_with_another_tokenizer_is_refused(bundle_path, tmp_path):
     copy = tmp_path / "b"
     shutil.copytree(bundle_path, copy)
