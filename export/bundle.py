@@ -29,6 +29,7 @@ from tasc_edge.export.tables import ExportTablesConfig, build_task_table
 from tasc_edge.runtime.bundle import (FORMAT_VERSION, MANIFEST, MODEL_FILES, file_entry, open_model,
                                       write_manifest)
 from tasc_edge.runtime.models import PACKAGED_MODELS, default_model, packaged_gguf
+from tasc_edge.runtime.onnx_backend import EMBED_FILE as ONNX_TARGET_EMBED  # numpy only at import
 
 
 # Bumped when the model step makes different files from the same source: a re-run then redoes
@@ -84,11 +85,14 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
     source_hash = _source_hash(source)
     model_key = f"{source.resolve()}|{quant}|{source_hash}|model-step-{MODEL_STEP_VERSION}"
     state = _read_state(work)
-    if state.get("model") != model_key or not model_path.is_file():
+    # an ONNX target made before its embedding table moved out (same outputs) is redone alone
+    old_layout = fmt == "onnx" and not (out / ONNX_TARGET_EMBED).is_file()
+    if state.get("model") != model_key or not model_path.is_file() or old_layout:
         if fmt == "onnx":
             from tasc_edge.export.onnx import export_onnx
 
-            made = export_onnx(_hf_checkpoint(source, work, log), work, out, quant, log)
+            made = export_onnx(_hf_checkpoint(source, work, log), work, out, quant, log,
+                               embed_out=out / ONNX_TARGET_EMBED)
         else:
             from tasc_edge.export.gguf import export_gguf
 
@@ -103,6 +107,8 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
     if fmt == "onnx":
         files += [file_entry(out, out / n, "copied from the exporter's tokenizer")
                   for n in TOKENIZER_FILES if (out / n).is_file()]
+        files.append(file_entry(out, out / ONNX_TARGET_EMBED, "the target's input embeddings (fp32), "
+                                "taken out of the ONNX graph and memory-mapped by the runtime"))
     timings["model_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

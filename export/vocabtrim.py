@@ -16,6 +16,7 @@ Each finished piece is recorded in `.work/state.json`, so an interrupted export 
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 import time
@@ -34,12 +35,13 @@ from tasc_edge.export.tables import _read_generated, generated_corpus
 from tasc_edge.files import atomic_write_text
 from tasc_edge.ngram import NgramTable
 from tasc_edge.runtime.bundle import file_entry, open_model
+from tasc_edge.runtime.onnx_backend import EMBED_FILE
 from tasc_edge.tasks import load_task, task_sequences
 from tasc_edge.vocab_trim import CALIB_SOURCES, KeptVocab, choose_kept, token_counts
 
 # ONNX drafters take `inputs_embeds`: the table is one memory-mapped file for every variant
 # instead of a copy inside each onnxruntime session (671 MB fp32 each for Gemma 3's 262k rows)
-ONNX_EMBED = "drafter/embed.npy"
+ONNX_EMBED = f"drafter/{EMBED_FILE}"
 
 
 def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], tables_cfg,
@@ -127,7 +129,8 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         sources["drafter"] = drafter_generations(fmt, full_dir / model_file, prompts, key,
                                                  work / "drafter-generations.json",
                                                  tables_cfg.max_new_tokens, log,
-                                                 out / ONNX_EMBED if fmt == "onnx" else None)
+                                                 next((f for f in (out / ONNX_EMBED, out / EMBED_FILE)
+                                                       if fmt == "onnx" and f.is_file()), None))
     variants: dict[str, KeptVocab | None] = {"full": None} if dcfg.untrimmed else {}
     for calib in calibs:  # variant names: k<K> for target calibration, k<K>-<calib> otherwise
         counts = token_counts(sources[calib], backend.n_vocab)
@@ -147,7 +150,6 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         kept = KeptVocab.load(folder / "kept.npz") if (folder / "kept.npz").is_file() else None
         files += [file_entry(out, f, f"VocabTrim drafter {variant}") for f in sorted(folder.iterdir())
                   if f.is_file()]
-        embed = ONNX_EMBED if fmt == "onnx" else None
         bytes_ = weight_bytes(folder / model_file)
         entries[variant] = {
             "dir": f"drafter/{variant}", "k": None if kept is None else kept.k,
@@ -155,14 +157,31 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
             "calib": None if kept is None else kept.calib,
             "calib_tokens": None if kept is None else kept.calib_tokens, "layers": dcfg.layers if not dcfg.model else None,
             "step_bytes": bytes_, "target_step_bytes": target_bytes, "c": bytes_ / target_bytes,
-            "distill": state.get("distill"), "quant": quant, "embed": embed}
+            "distill": state.get("distill"), "quant": quant}
         log(f"drafter {variant}: K={entries[variant]['k'] or backend.n_vocab}, coverage "
             f"{entries[variant]['coverage']:.3f}, {bytes_ / 1e6:.1f} MB read per step, c = {bytes_ / target_bytes:.3f}")
     if fmt == "onnx" and variants:
-        files.append(file_entry(out, out / ONNX_EMBED, "VocabTrim drafters' input embeddings (fp32, "
-                                "the target's rows; taken out of the ONNX graphs)"))
+        embed = _shared_embedding(out, state, save_state)
+        for entry in entries.values():
+            entry["embed"] = embed
+        if embed == ONNX_EMBED:
+            files.append(file_entry(out, out / ONNX_EMBED, "VocabTrim drafters' input embeddings "
+                                    "(fp32), taken out of their ONNX graphs"))
     shutil.rmtree(work / "drafter-onnx", ignore_errors=True)
     return entries, files
+
+
+def _shared_embedding(out: Path, state: dict, save_state) -> str:
+    """Where the ONNX drafters' input table lives: a self-drafter's is the target's own, so it
+    reads the target's embed.npy (one file, one set of pages) and its copy is dropped."""
+    mine, targets = out / ONNX_EMBED, out / EMBED_FILE
+    if mine.is_file():
+        same = targets.is_file() and filecmp.cmp(mine, targets, shallow=False)
+        state["drafter_embed"] = EMBED_FILE if same else ONNX_EMBED
+        save_state(state)
+        if same:
+            mine.unlink()
+    return state.get("drafter_embed", ONNX_EMBED)
 
 
 def drafter_generations(fmt: str, model_path: Path, prompts: list[list[int]], key: str, cache: Path,

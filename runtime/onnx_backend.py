@@ -42,6 +42,11 @@ from tasc_edge.runtime.hf_tokenizer import HFTokenizer
 from tasc_edge.runtime.llama_backend import physical_cores  # llama_cpp itself is imported lazily
 
 
+# a graph exported with its input embedding table moved out (export/onnx.py) finds the table
+# here, next to model.onnx, unless one is passed (the drafters of a bundle share theirs)
+EMBED_FILE = "embed.npy"
+
+
 class OnnxBackend:
     """Backend protocol (prefill / forward / rollback) plus tokenizer and chat template."""
 
@@ -49,7 +54,8 @@ class OnnxBackend:
                  min_rows: int = 2, spinning: bool = False, reuse_prefix: bool = True,
                  n_batch: int = 512, input_embeddings: np.ndarray | None = None) -> None:
         """`input_embeddings` [n_vocab, hidden]: for a graph exported with its embedding moved
-        out (export/onnx.py move_embedding_out), the table whose rows feed `inputs_embeds`."""
+        out (export/onnx.py move_embedding_out), the table whose rows feed `inputs_embeds`
+        (default: EMBED_FILE next to the model, memory-mapped)."""
         ort = require("onnxruntime", "runtime")
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -66,10 +72,13 @@ class OnnxBackend:
         if not ({"input_ids", "inputs_embeds"} & set(inputs)) or not self._layers:
             raise TascError(f"{model_path}: not a decoder exported with past key values "
                             "(export with task text-generation-with-past)")
+        if "inputs_embeds" in inputs and input_embeddings is None and (folder / EMBED_FILE).is_file():
+            input_embeddings = np.load(folder / EMBED_FILE, mmap_mode="r", allow_pickle=False)
         self._embd = input_embeddings
         if ("inputs_embeds" in inputs) != (input_embeddings is not None):
-            raise TascError(f"{model_path}: " + ("its inputs are embeddings: pass the table it was "
-                            "exported with" if input_embeddings is None else "takes input ids, not embeddings"))
+            raise TascError(f"{model_path}: " + (f"its inputs are embeddings and there is no {EMBED_FILE} "
+                            "next to it: pass the table it was exported with" if input_embeddings is None
+                            else "takes input ids, not embeddings"))
         if input_embeddings is not None and input_embeddings.shape[1] != inputs["inputs_embeds"].shape[-1]:
             raise TascError(f"{model_path}: input embeddings of width {input_embeddings.shape[1]}, the "
                             f"model takes {inputs['inputs_embeds'].shape[-1]}")

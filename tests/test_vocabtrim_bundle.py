@@ -127,9 +127,9 @@ def test_trimmed_drafters_are_exact_against_the_onnx_target(bundle_path):
 
 
 def test_onnx_drafters_share_one_mapped_embedding_table_with_identical_logits(bundle_path, tmp_path):
-    """The drafters take `inputs_embeds` from drafter/embed.npy (one mapped file, not a copy
-    per onnxruntime session); the graph holds no table, and its logits are bit-identical to
-    the same drafter exported with the table inside."""
+    """Target and drafters take `inputs_embeds` from one mapped embed.npy (a self-drafter's
+    table is the target's), not a copy per onnxruntime session; no graph holds the table, and
+    the drafter's logits are bit-identical to the same drafter exported with it inside."""
     import onnx
 
     from tasc_edge.export.onnx import export_onnx, move_embedding_out
@@ -137,12 +137,14 @@ def test_onnx_drafters_share_one_mapped_embedding_table_with_identical_logits(bu
 
     bundle = load_bundle(bundle_path)
     entries = bundle.manifest["drafters"]
-    assert {e["embed"] for e in entries.values()} == {"drafter/embed.npy"}
-    assert "drafter/embed.npy" in {f["path"] for f in bundle.manifest["files"]}
-    table = np.load(bundle_path / "drafter" / "embed.npy", mmap_mode="r")
-    graph = onnx.load(str(bundle_path / "drafter" / "k48" / "model.onnx")).graph
-    assert "inputs_embeds" in {i.name for i in graph.input}
-    assert not any(tuple(i.dims) == table.shape for i in graph.initializer)  # no table inside
+    assert {e["embed"] for e in entries.values()} == {"embed.npy"}
+    assert "embed.npy" in {f["path"] for f in bundle.manifest["files"]}
+    assert not (bundle_path / "drafter" / "embed.npy").exists()  # the copy was dropped
+    table = np.load(bundle_path / "embed.npy", mmap_mode="r")
+    for model in ("model.onnx", "drafter/k48/model.onnx", "drafter/full/model.onnx"):
+        graph = onnx.load(str(bundle_path / model)).graph
+        assert "inputs_embeds" in {i.name for i in graph.input}
+        assert not any(tuple(i.dims) == table.shape for i in graph.initializer)  # no table inside
     with pytest.raises(TascError, match="no embedding Gather"):
         move_embedding_out(onnx.load(str(bundle_path / "drafter" / "k48" / "model.onnx")))
 
