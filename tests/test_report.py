@@ -130,7 +130,7 @@ def bench_cfg(model, data_root, out):
 
 
 def test_bench_report_round_trip_and_plots(model, data_root, tmp_path):
-    report = bench.run_bench(bench_cfg(model, data_root, tmp_path), log=lambda *_: None)
+    bench.run_bench(bench_cfg(model, data_root, tmp_path), log=lambda *_: None)
     loaded = report_mod.load_report(tmp_path)
     for key in ("schema", "machine", "model_sha256", "command", "cost_curve", "bandwidth_gbs", "results"):
         assert key in loaded
