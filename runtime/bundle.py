@@ -3,9 +3,11 @@
     bundle/
       manifest.json       written last: a bundle without it is incomplete
       model.onnx | model.gguf
+      embed.npy           ONNX: the input embedding table, outside the graph (memory-mapped)
       tokenizer.json, tokenizer_config.json, chat_template.jinja, config.json  (ONNX only;
                           a GGUF carries its tokenizer and template inside)
       tables/<task>.npz   task n-gram tables, made with this bundle's tokenizer
+      drafter/<variant>/  VocabTrim drafters (export/vocabtrim.py)
 
 manifest.json: format version, bundle format, every file with sha256, size and how it was
 made, the tokenizer hash, model architecture and bytes, package versions. Loading checks all
