@@ -1,6 +1,7 @@
 """Bundle step: VocabTrim drafters (calibrate, build + distill the drafter, export per K).
 
-    bundle/drafter/embed.npy  the input embedding table, shared by the ONNX variants (mapped)
+    bundle/drafter/embed.npy  ONNX: a brought drafter's own input table, shared by its variants
+                           (a self-drafter's table is the target's: it reads bundle/embed.npy)
     bundle/drafter/full/   model.onnx + tokenizer files          (untrimmed head, if asked)
     bundle/drafter/k4096/  model.onnx + tokenizer files + kept.npz (head keeps 4096 target ids)
 GGUF bundles get model.gguf (+ embed.npy) per variant instead: see export/gguf_drafter.py.
@@ -40,7 +41,8 @@ from tasc_edge.tasks import load_task, task_sequences
 from tasc_edge.vocab_trim import CALIB_SOURCES, KeptVocab, choose_kept, token_counts
 
 # ONNX drafters take `inputs_embeds`: the table is one memory-mapped file for every variant
-# instead of a copy inside each onnxruntime session (671 MB fp32 each for Gemma 3's 262k rows)
+# instead of a copy inside each onnxruntime session (671 MB fp32 each for Gemma 3's 262k rows);
+# written here, then dropped in favour of the target's embed.npy when identical
 ONNX_EMBED = f"drafter/{EMBED_FILE}"
 
 
