@@ -38,13 +38,15 @@ class ModelFile:
     made_by: str
     quant: str
     seconds: float
+    embed: Path | None = None  # the input embedding table, when it lives outside the graph
 
 
 def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=print,
-                keep_rows=None, embed_out: Path | None = None) -> ModelFile:
+                keep_rows=None, embed_out: Path | None = None, embed_shared: Path | None = None) -> ModelFile:
     """`keep_rows`: target ids the LM head keeps (a VocabTrim drafter); None keeps them all.
     `embed_out`: move the input embedding table out of the graph into this .npy (the model
-    then takes `inputs_embeds`); a file already there with the same table is left alone."""
+    then takes `inputs_embeds`), or reference `embed_shared` if that file holds the same table
+    (a self-drafter reads the target's); ModelFile.embed says which."""
     if quant not in ONNX_QUANTS:
         raise TascError(f"unknown ONNX quantization {quant!r}; choose {', '.join(ONNX_QUANTS)}")
     onnx = require("onnx", "export")
@@ -65,10 +67,9 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
         untie_lm_head(model)  # fp32 keeps a tied head, unless rows or the embedding leave it
     if keep_rows is not None:
         trim_lm_head(model, keep_rows)
+    embed = None
     if embed_out is not None:
-        table = move_embedding_out(model)
-        if not embed_out.is_file() or not np.array_equal(np.load(embed_out, mmap_mode="r"), table):
-            atomic_write_npy(embed_out, table)
+        embed = place_table(move_embedding_out(model), embed_out, embed_shared)
     if bits is not None:
         log(f"quantizing weights to {quant} (MatMulNBits, block 32, accuracy level 4)")
         model = quantize_weights(model, bits)
@@ -84,10 +85,10 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
             shutil.copyfile(raw / name, work / name)
             (work / name).replace(out / name)
     trimmed = "" if keep_rows is None else f" + head trimmed to {len(keep_rows)} rows"
-    trimmed += "" if embed_out is None else f" + input embeddings in {embed_out.name}"
+    trimmed += "" if embed is None else f" + input embeddings in {embed.name}"
     return ModelFile(out / "model.onnx", f"optimum-onnx main_export(text-generation-with-past) + "
                      f"untied head{trimmed} + {quant} weight-only quantization", quant,
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, embed)
 
 
 def untie_lm_head(model) -> bool:
@@ -139,6 +140,17 @@ def move_embedding_out(model) -> np.ndarray:
         ids = next(i for i in graph.input if i.name == "input_ids")
         graph.input.remove(ids)
     return table
+
+
+def place_table(table: np.ndarray, path: Path, shared: Path | None = None) -> Path:
+    """Where an embedding table is kept: `shared` if that file already holds it (then a stale
+    `path` from another drafter goes), else `path`, rewritten only when it differs."""
+    if shared is not None and shared.is_file() and np.array_equal(np.load(shared, mmap_mode="r"), table):
+        path.unlink(missing_ok=True)
+        return shared
+    if not path.is_file() or not np.array_equal(np.load(path, mmap_mode="r"), table):
+        atomic_write_npy(path, table)
+    return path
 
 
 def trim_lm_head(model, keep_rows) -> None:

@@ -17,7 +17,6 @@ Each finished piece is recorded in `.work/state.json`, so an interrupted export 
 
 from __future__ import annotations
 
-import filecmp
 import json
 import shutil
 import time
@@ -42,7 +41,7 @@ from tasc_edge.vocab_trim import CALIB_SOURCES, KeptVocab, choose_kept, token_co
 
 # ONNX drafters take `inputs_embeds`: the table is one memory-mapped file for every variant
 # instead of a copy inside each onnxruntime session (671 MB fp32 each for Gemma 3's 262k rows);
-# written here, then dropped in favour of the target's embed.npy when identical
+# a self-drafter's is the target's own embed.npy
 ONNX_EMBED = f"drafter/{EMBED_FILE}"
 
 
@@ -117,7 +116,8 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         log(f"exporting drafter {variant} ({fmt} {quant})")
         if fmt == "onnx":
             export_onnx(drafter_dir, work / "drafter-onnx", folder, quant, log,
-                        keep_rows=None if kept is None else kept.ids, embed_out=out / ONNX_EMBED)
+                        keep_rows=None if kept is None else kept.ids, embed_out=out / ONNX_EMBED,
+                        embed_shared=out / EMBED_FILE)
         else:
             export_gguf_drafter(drafter_dir, out / model_file, work, folder, kept, quant, log)
         if kept is not None:
@@ -131,8 +131,7 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         sources["drafter"] = drafter_generations(fmt, full_dir / model_file, prompts, key,
                                                  work / "drafter-generations.json",
                                                  tables_cfg.max_new_tokens, log,
-                                                 next((f for f in (out / ONNX_EMBED, out / EMBED_FILE)
-                                                       if fmt == "onnx" and f.is_file()), None))
+                                                 out / _drafter_table(out) if fmt == "onnx" else None)
     variants: dict[str, KeptVocab | None] = {"full": None} if dcfg.untrimmed else {}
     for calib in calibs:  # variant names: k<K> for target calibration, k<K>-<calib> otherwise
         counts = token_counts(sources[calib], backend.n_vocab)
@@ -163,7 +162,7 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         log(f"drafter {variant}: K={entries[variant]['k'] or backend.n_vocab}, coverage "
             f"{entries[variant]['coverage']:.3f}, {bytes_ / 1e6:.1f} MB read per step, c = {bytes_ / target_bytes:.3f}")
     if fmt == "onnx" and variants:
-        embed = _shared_embedding(out, state, save_state)
+        embed = _drafter_table(out)
         for entry in entries.values():
             entry["embed"] = embed
         if embed == ONNX_EMBED:
@@ -173,17 +172,10 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
     return entries, files
 
 
-def _shared_embedding(out: Path, state: dict, save_state) -> str:
-    """Where the ONNX drafters' input table lives: a self-drafter's is the target's own, so it
-    reads the target's embed.npy (one file, one set of pages) and its copy is dropped."""
-    mine, targets = out / ONNX_EMBED, out / EMBED_FILE
-    if mine.is_file():
-        same = targets.is_file() and filecmp.cmp(mine, targets, shallow=False)
-        state["drafter_embed"] = EMBED_FILE if same else ONNX_EMBED
-        save_state(state)
-        if same:
-            mine.unlink()
-    return state.get("drafter_embed", ONNX_EMBED)
+def _drafter_table(out: Path) -> str:
+    """The ONNX drafters' input table: drafter/embed.npy exists only when it is not the
+    target's (export/onnx.py place_table drops it otherwise)."""
+    return ONNX_EMBED if (out / ONNX_EMBED).is_file() else EMBED_FILE
 
 
 def drafter_generations(fmt: str, model_path: Path, prompts: list[list[int]], key: str, cache: Path,
