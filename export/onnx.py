@@ -38,7 +38,6 @@ class ModelFile:
     made_by: str
     quant: str
     seconds: float
-    embed: Path | None = None  # the input embedding table, when it lives outside the graph
 
 
 def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=print,
@@ -46,7 +45,7 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
     """`keep_rows`: target ids the LM head keeps (a VocabTrim drafter); None keeps them all.
     `embed_out`: move the input embedding table out of the graph into this .npy (the model
     then takes `inputs_embeds`), or reference `embed_shared` if that file holds the same table
-    (a self-drafter reads the target's); ModelFile.embed says which."""
+    (a self-drafter reads the target's): see place_table."""
     if quant not in ONNX_QUANTS:
         raise TascError(f"unknown ONNX quantization {quant!r}; choose {', '.join(ONNX_QUANTS)}")
     onnx = require("onnx", "export")
@@ -88,7 +87,7 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
     trimmed += "" if embed is None else f" + input embeddings in {embed.name}"
     return ModelFile(out / "model.onnx", f"optimum-onnx main_export(text-generation-with-past) + "
                      f"untied head{trimmed} + {quant} weight-only quantization", quant,
-                     time.perf_counter() - start, embed)
+                     time.perf_counter() - start)
 
 
 def untie_lm_head(model) -> bool:

@@ -61,8 +61,8 @@ from tasc_edge.metrics import chrf, exact_match
 from tasc_edge.runtime.memory import RssSampler
 from tasc_edge.runtime.bench_summary import (BASELINE, OUR_METHODS, PEER_METHODS,  # noqa: F401
                                            PLAIN_METHODS, RowRun, baseline_of, drafter_variant,
-                                           markdown, method_gamma, summarise, sweep_method,
-                                           time_per_token)
+                                           markdown, method_gamma, rows_of, summarise,
+                                           sweep_method, time_per_token)
 from tasc_edge.runtime.models import resolve_model
 from tasc_edge.runtime.peers import (FirstForwardClock, check_same_tokenizer,
                                      load_peers, timed)
@@ -196,8 +196,6 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                 for i, (row, prompt) in enumerate(zip(rows, prompts)):
                     if (name, row.id) in prior:  # measured by the run being resumed
                         runs.extend(prior[(name, row.id)])
-                        if i == len(rows) - 1:
-                            _finish(report, runs, cfg, curve, memory, table_bytes, final=False)
                         continue
                     row_methods = methods + (sweep if i < cfg.sweep_rows else [])
                     order = row_methods[i % len(row_methods):] + row_methods[: i % len(row_methods)]
@@ -210,13 +208,13 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                     runs.extend(_median_run(tries[m]) for m in order)
                     if cfg.prefix_cache_mb > 0:
                         _remember_prompt(prompt, backend, peers)
-                    if i == len(rows) - 1:  # a checkpoint per dataset: even kill -9 keeps those
-                        _finish(report, runs, cfg, curve, memory, table_bytes, final=False)
                     done_rows += 1
                     rate = done_rows / (time.perf_counter() - started)
                     log(f"{name} [{i + 1}/{len(rows)}] {done_rows}/{total_rows} rows, ETA "
                         f"{(total_rows - done_rows) / rate / 60:.1f} min | " + "  ".join(
                             f"{r.method} {r.total_s * 1e3:.0f}ms" for r in runs[-len(order):]))
+                # a checkpoint per dataset: even kill -9 keeps those
+                _finish(report, runs, cfg, curve, memory, table_bytes, final=False)
         except KeyboardInterrupt:
             log("interrupted: writing the rows that finished")
             report["interrupted"] = True
@@ -259,10 +257,8 @@ def _prior_rows(cfg: BenchConfig, report: dict, methods: list[str],
     here, there = report["machine"], old.get("machine", {})
     if any(here.get(k) != there.get(k) for k in ("platform", "machine", "processor", "cpus")):
         raise TascError(f"--resume: {path} was measured on another machine; rows would not compare")
-    fields = RowRun.__dataclass_fields__
     by_row: dict[tuple[str, str], list[RowRun]] = {}
-    for r in old.get("rows", []):
-        run = RowRun(**{k: v for k, v in r.items() if k in fields})
+    for run in rows_of(old.get("rows", [])):
         by_row.setdefault((run.dataset, run.row), []).append(run)
     kept = {k: v for k, v in by_row.items() if set(methods) <= {r.method for r in v}}
     segments = old.get("resumed", {}).get("segments", []) + [{
@@ -405,8 +401,7 @@ def resummarise(out: Path) -> dict:
     """Recompute a finished run's summary and bench.md from its rows (after the summary
     learned a new column); the measurements themselves are not touched."""
     data = json.loads((out / "bench.json").read_text())
-    fields = RowRun.__dataclass_fields__
-    runs = [RowRun(**{k: v for k, v in r.items() if k in fields}) for r in data.pop("rows")]
+    runs = rows_of(data.pop("rows"))
     cfg = data["config"]
     curve = CostCurve(tuple(data["cost_curve"]["ratios"]), data["cost_curve"]["step_ms"] / 1e3)
     data["results"] = _summarise_report(data, runs, cfg["methods"], cfg["gamma_sweep"], curve)

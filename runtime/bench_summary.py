@@ -67,6 +67,12 @@ class RowRun:
     reused_tokens: int | None = None  # prompt tokens taken from the prefix cache
 
 
+def rows_of(saved: list[dict]) -> list[RowRun]:
+    """RowRuns back from a bench.json's "rows" (keys a newer RowRun dropped are ignored)."""
+    fields = RowRun.__dataclass_fields__
+    return [RowRun(**{k: v for k, v in r.items() if k in fields}) for r in saved]
+
+
 def time_per_token(run: RowRun) -> float | None:
     """Seconds per token after the first forward (prompt evaluation and its tokens excluded)."""
     if run.first_s is None or run.first_n is None or len(run.tokens) <= run.first_n:
