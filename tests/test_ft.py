@@ -186,3 +186,22 @@ def test_expanded_model_exports_to_onnx_with_its_tokenizer_and_runs_exact(expand
             prompt = b.chat_prompt(row.prompt)
             cfg = GenerateConfig(24, 8, stop_tokens=b.stop_tokens)
             assert generate(b, prompt, drafter, cfg).tokens == generate(b, prompt, None, cfg).tokens
+
+
+def test_sequential_recipe_expands_the_fine_tuned_model(hf, tmp_path):
+    """README's recipe: plain ft -> expand that checkpoint -> ft again. The expansion must start
+    from the fine-tuned weights (not the base), keep them for the old rows, and train again."""
+    ft = run_train(TrainConfig(task="demo", out=str(tmp_path / "ft"), model=str(hf), steps=2,
+                               batch_size=4, train_limit=20), log=QUIET)
+    x = run_expand(ExpandConfig(task="demo", out=str(tmp_path / "x"), model=str(ft), budget=20,
+                                per_round=10, min_count=3), log=QUIET)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    base, tuned, grown = weights(hf), weights(ft), weights(x)
+    assert not torch.equal(tuned[q], base[q])
+    assert torch.equal(grown[q], tuned[q])  # the expanded model is the fine-tuned one
+    n = json.loads((x / "expansion.json").read_text())["base_vocab"]
+    assert grown["model.embed_tokens.weight"].shape[0] > n
+    assert torch.equal(grown["model.embed_tokens.weight"][:n], tuned["model.embed_tokens.weight"][:n])
+    ftx = run_train(TrainConfig(task="demo", out=str(tmp_path / "ftx"), model=str(x), steps=2,
+                                batch_size=4, train_limit=20), log=QUIET)
+    assert not torch.equal(weights(ftx)[q], grown[q])
