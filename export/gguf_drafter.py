@@ -1,7 +1,8 @@
 """VocabTrim drafters for llama.cpp bundles (the GGUF side of export/vocabtrim.py).
 
-    bundle/drafter/full/   model.gguf                        (untrimmed: the target's vocabulary)
-    bundle/drafter/k4096/  model.gguf + embed.npy + kept.npz (head of 4,096 target ids)
+    bundle/drafter/embed.npy                     (input table of the trimmed variants, shared)
+    bundle/drafter/full/   model.gguf            (untrimmed: the target's vocabulary)
+    bundle/drafter/k4096/  model.gguf + kept.npz (head of 4,096 target ids)
 
 llama.cpp sizes a model's embedding and output matrices by its vocabulary, so a head of
 K < n_vocab rows cannot sit under the target's vocabulary. Two designs:
@@ -14,11 +15,15 @@ K < n_vocab rows cannot sit under the target's vocabulary. Two designs:
       because the context holds tokens outside the kept set (prompt words the output copies).
 We use (b): it reads K/n_vocab of the head per step instead of all of it plus a numpy head.
 The embedding gather reads one row per token. The price: embed.npy (n_vocab x n_embd fp16,
-56 MB for SmolLM2) sits next to the drafter; it is memory-mapped, so only rows in use are paged.
+56 MB for SmolLM2, 335 MB for Gemma 3) sits next to the drafters, one file for every K; it is
+memory-mapped, so only rows in use are paged. Gemma multiplies token embeddings by
+sqrt(n_embd), and llama.cpp's gemma3 graph does so only for token ids, not for embeddings fed
+in a batch, so the table is stored already scaled (what the token path would have computed).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -27,14 +32,15 @@ import numpy as np
 
 from tasc_edge.errors import require
 from tasc_edge.export.gguf_write import _load_weights, write_gguf
-from tasc_edge.files import atomic_write_npy
+from tasc_edge.export.onnx import place_table
 from tasc_edge.runtime.models import resolve_model
 from tasc_edge.vocab_trim import KeptVocab
 
 
 def export_gguf_drafter(hf_dir: Path, target_gguf: Path, work: Path, folder: Path,
-                        kept: KeptVocab | None, quant: str, log=print) -> None:
-    """Write drafter/<variant>/ for a GGUF bundle: model.gguf (+ embed.npy for a trimmed head)."""
+                        kept: KeptVocab | None, quant: str, table: Path, log=print) -> None:
+    """Write drafter/<variant>/model.gguf for a GGUF bundle; a trimmed head also needs the
+    input table, written to `table` unless it already holds it (the variants share it)."""
     work.mkdir(parents=True, exist_ok=True)
     f16 = work / f"drafter-{folder.name}-f16.gguf"
     write_gguf(hf_dir, f16, log, base=target_gguf, keep_rows=None if kept is None else kept.ids)
@@ -43,12 +49,17 @@ def export_gguf_drafter(hf_dir: Path, target_gguf: Path, work: Path, folder: Pat
     shutil.copyfile(model, tmp)
     os.replace(tmp, folder / "model.gguf")
     if kept is not None:
-        atomic_write_npy(folder / "embed.npy", _input_embeddings(hf_dir))
+        place_table(input_embeddings(hf_dir), table)
     f16.unlink(missing_ok=True)
 
 
-def _input_embeddings(hf_dir: Path) -> np.ndarray:
-    return _load_weights(hf_dir)["model.embed_tokens.weight"].astype(np.float16)
+def input_embeddings(hf_dir: Path) -> np.ndarray:
+    """The rows llama.cpp's graph would take from token_embd for each token id, fp16."""
+    config = json.loads((hf_dir / "config.json").read_text())
+    table = _load_weights(hf_dir)["model.embed_tokens.weight"]
+    if config.get("model_type", "").startswith("gemma"):
+        table = table * np.float32(np.sqrt(config["hidden_size"]))
+    return table.astype(np.float16)
 
 
 def gguf_step_bytes(path: Path) -> int:

@@ -1,4 +1,4 @@
-"""An HF Llama-family checkpoint -> GGUF (F16 matrices, F32 norms), with gguf-py's writer.
+"""An HF Llama or Gemma 3 checkpoint -> GGUF (F16 matrices, F32 norms), with gguf-py's writer.
 
 Made for TASC-ft's checkpoints: the base model's GGUF, fine-tuned (LoRA merged) and with new
 tokens. The metadata comes from one of two places:
@@ -9,8 +9,10 @@ tokens. The metadata comes from one of two places:
     AddedToken the expansion used;
   * otherwise the HF config and tokenizer.json, for byte-level BPE tokenizers with the GPT-2
     split (pre-tokenizer "gpt2"); anything else is refused (use llama.cpp's converter).
-The weights: q/k rows are permuted back into llama.cpp's rotary layout (transformers un-permutes
-them when it loads a GGUF). llama.cpp then quantizes the F16 file (runtime.models).
+The weights, as convert_hf_to_gguf.py writes them: Llama's q/k rows are permuted back into
+llama.cpp's rotary layout (transformers un-permutes them when it loads a GGUF); Gemma's RMSNorm
+scales by (1 + w) and llama.cpp's by w, so Gemma norms are written as w + 1 (transformers
+subtracts the 1 when it loads a Gemma GGUF). llama.cpp then quantizes the F16 file (runtime.models).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from tasc_edge.errors import TascError, require
 
 USER_DEFINED, CONTROL, NORMAL = 4, 3, 1
+GGUF_ARCH = {"llama": "llama", "gemma3_text": "gemma3"}  # HF model_type -> llama.cpp architecture
 RESIZED = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores")
 
 
@@ -35,10 +38,11 @@ def write_gguf(hf_dir: Path, out: Path, log=print, base: Path | None = None,
     those rows (the head then *is* the trimmed head; inputs arrive as embeddings)."""
     gguf = require("gguf", "export")
     config = json.loads((hf_dir / "config.json").read_text())
-    if config.get("model_type") not in ("llama",):
+    arch = GGUF_ARCH.get(config.get("model_type"))
+    if arch is None:
         raise TascError(f"{hf_dir}: model_type {config.get('model_type')!r}; this GGUF writer knows "
-                        "llama-family checkpoints (SmolLM2); convert others with llama.cpp's "
-                        "convert_hf_to_gguf.py")
+                        f"{', '.join(GGUF_ARCH)} checkpoints (SmolLM2, Gemma 3); convert others with "
+                        "llama.cpp's convert_hf_to_gguf.py")
     weights = _load_weights(hf_dir)
     n_vocab = weights["model.embed_tokens.weight"].shape[0]
     base = base or _base_gguf(hf_dir)
@@ -51,15 +55,16 @@ def write_gguf(hf_dir: Path, out: Path, log=print, base: Path | None = None,
         weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"][keep_rows]
         tied, n_vocab = False, len(keep_rows)
     tmp = out.with_name(out.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer = gguf.GGUFWriter(str(tmp), arch)
     if base is not None:
         log(f"GGUF metadata from the base model {base.name}")
-        _copy_metadata(gguf, gguf.GGUFReader(str(base)), writer, hf_dir, n_vocab,
+        _copy_metadata(gguf, gguf.GGUFReader(str(base)), writer, hf_dir, arch, n_vocab,
                        config["num_hidden_layers"], placeholder_vocab=keep_rows is not None)
     else:
-        _metadata_from_hf(gguf, writer, hf_dir, config, n_vocab)
+        _metadata_from_hf(gguf, writer, hf_dir, arch, config, n_vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
+    model_arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
+    names = gguf.get_tensor_name_map(model_arch, config["num_hidden_layers"])
     n_head, n_kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     for key, w in weights.items():
         if key == "lm_head.weight" and tied:
@@ -67,10 +72,12 @@ def write_gguf(hf_dir: Path, out: Path, log=print, base: Path | None = None,
         name = names.get_name(key, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise TascError(f"{hf_dir}: no GGUF name for tensor {key}")
-        if key.endswith("q_proj.weight"):
+        if arch == "llama" and key.endswith("q_proj.weight"):
             w = _permute(w, n_head)
-        elif key.endswith("k_proj.weight"):
+        elif arch == "llama" and key.endswith("k_proj.weight"):
             w = _permute(w, n_kv)
+        elif arch == "gemma3" and key.endswith("norm.weight"):
+            w = w + 1.0
         writer.add_tensor(name, w.astype(np.float16 if w.ndim == 2 else np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -117,12 +124,15 @@ def _new_tokens(hf_dir: Path, n_base: int, n_vocab: int) -> list[str]:
     return tokens
 
 
-def _copy_metadata(gguf, reader, writer, hf_dir: Path, n_vocab: int, n_layer: int,
+def _copy_metadata(gguf, reader, writer, hf_dir: Path, arch: str, n_vocab: int, n_layer: int,
                    placeholder_vocab: bool = False) -> None:
     fields = reader.fields
+    base_arch = fields["general.architecture"].contents()
+    if base_arch != arch:
+        raise TascError(f"{hf_dir}: a {arch} checkpoint cannot take its GGUF metadata from a {base_arch} base model")
     # what the checkpoint may change: the vocabulary size, and the depth (a drafter made of
     # the base model's first layers)
-    resized = {"llama.vocab_size": n_vocab, "llama.block_count": n_layer}
+    resized = {f"{arch}.vocab_size": n_vocab, f"{arch}.block_count": n_layer}
     new = [] if placeholder_vocab else _new_tokens(hf_dir, len(fields["tokenizer.ggml.tokens"].contents()), n_vocab)
 
     def rewritten(key: str) -> bool:  # a placeholder vocabulary replaces every tokenizer key
@@ -147,7 +157,7 @@ def _copy_metadata(gguf, reader, writer, hf_dir: Path, n_vocab: int, n_layer: in
         writer.add_token_scores(fields["tokenizer.ggml.scores"].contents() + [0.0] * len(new))
 
 
-def _metadata_from_hf(gguf, writer, hf_dir: Path, config: dict, n_vocab: int) -> None:
+def _metadata_from_hf(gguf, writer, hf_dir: Path, arch: str, config: dict, n_vocab: int) -> None:
     tok = json.loads((hf_dir / "tokenizer.json").read_text())
     pre = json.dumps(tok.get("pre_tokenizer"))
     if tok["model"]["type"] != "BPE" or '"ByteLevel"' not in pre or '"use_regex": true' not in pre:
@@ -172,7 +182,13 @@ def _metadata_from_hf(gguf, writer, hf_dir: Path, config: dict, n_vocab: int) ->
     writer.add_head_count_kv(config.get("num_key_value_heads") or config["num_attention_heads"])
     writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
     writer.add_rope_freq_base(config.get("rope_theta", 10000.0))
-    writer.add_rope_dimension_count(head_dim)
+    if arch == "gemma3":  # llama.cpp fixes the rest: sliding layers every 6, local rope base 1e4
+        _check_gemma3(hf_dir, config, head_dim)
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_sliding_window(config["sliding_window"])
+    else:
+        writer.add_rope_dimension_count(head_dim)
     writer.add_vocab_size(n_vocab)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("gpt-2")  # llama.cpp's name for the GPT-2 split
@@ -190,3 +206,19 @@ def _metadata_from_hf(gguf, writer, hf_dir: Path, config: dict, n_vocab: int) ->
     chat = template.read_text() if template.is_file() else tcfg.get("chat_template")
     if chat:
         writer.add_chat_template(chat)
+
+
+def _check_gemma3(hf_dir: Path, config: dict, head_dim: int) -> None:
+    """What llama.cpp's gemma3 graph hard-codes instead of reading from the file."""
+    n = config["num_hidden_layers"]
+    expected = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)]
+    problems = [name for name, ok in (
+        ("layer_types (llama.cpp: every 6th layer full)", config.get("layer_types", expected) == expected),
+        ("query_pre_attn_scalar (llama.cpp: head_dim)", config.get("query_pre_attn_scalar", head_dim) == head_dim),
+        ("rope_local_base_freq (llama.cpp: 10000)", config.get("rope_local_base_freq", 10000.0) == 10000.0),
+        ("final_logit_softcapping (llama.cpp: none)", config.get("final_logit_softcapping") is None),
+        ("rope_scaling (llama.cpp: none without a base GGUF)", config.get("rope_scaling") is None),
+    ) if not ok]
+    if problems:
+        raise TascError(f"{hf_dir}: this Gemma 3 config differs from what llama.cpp assumes: "
+                        f"{'; '.join(problems)}; convert it with llama.cpp's convert_hf_to_gguf.py")

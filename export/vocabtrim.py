@@ -4,7 +4,8 @@
                            (a self-drafter's table is the target's: it reads bundle/embed.npy)
     bundle/drafter/full/   model.onnx + tokenizer files          (untrimmed head, if asked)
     bundle/drafter/k4096/  model.onnx + tokenizer files + kept.npz (head keeps 4096 target ids)
-GGUF bundles get model.gguf (+ embed.npy) per variant instead: see export/gguf_drafter.py.
+GGUF bundles get model.gguf (+ kept.npz) per variant instead, and drafter/embed.npy always
+holds the trimmed variants' table (llama.cpp's view of it): see export/gguf_drafter.py.
 
 Calibration sources (`--calib`, as in the paper): `target` = the target's own greedy outputs
 on the train prompts (the tables step's generated corpus, made here if the tables did not
@@ -41,8 +42,8 @@ from tasc_edge.vocab_trim import CALIB_SOURCES, KeptVocab, choose_kept, token_co
 
 # ONNX drafters take `inputs_embeds`: the table is one memory-mapped file for every variant
 # instead of a copy inside each onnxruntime session (671 MB fp32 each for Gemma 3's 262k rows);
-# a self-drafter's is the target's own embed.npy
-ONNX_EMBED = f"drafter/{EMBED_FILE}"
+# a self-drafter's is the target's own embed.npy. Trimmed GGUF drafters take embeddings too.
+DRAFTER_EMBED = f"drafter/{EMBED_FILE}"
 
 
 def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], tables_cfg,
@@ -104,11 +105,14 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         save_state(state)
 
     model_file = "model.onnx" if fmt == "onnx" else "model.gguf"
+    # GGUF "as-is" means the target as shipped; the drafter GGUF is written here in F16, so it
+    # takes Q8_0 (the type of the head in the GGUFs shipped for SmolLM2 and Gemma 3)
+    quant = "q8_0" if fmt == "gguf" and quant == "as-is" else quant
 
     def export_variant(variant: str, kept: KeptVocab | None, folder: Path) -> None:
         """One drafter model file (head trimmed to `kept`) in `folder`, unless already there."""
         vkey = (f"{fmt}|{key}|{quant}|{None if kept is None else (kept.calib, kept.k, kept.calib_tokens)}"
-                f"|embed-{ONNX_EMBED}")
+                f"|embed-{DRAFTER_EMBED}" + ("|scaled" if fmt == "gguf" else ""))
         if state.get(f"drafter:{variant}") == vkey and (folder / model_file).is_file():
             return
         shutil.rmtree(folder, ignore_errors=True)
@@ -116,10 +120,11 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         log(f"exporting drafter {variant} ({fmt} {quant})")
         if fmt == "onnx":
             export_onnx(drafter_dir, work / "drafter-onnx", folder, quant, log,
-                        keep_rows=None if kept is None else kept.ids, embed_out=out / ONNX_EMBED,
+                        keep_rows=None if kept is None else kept.ids, embed_out=out / DRAFTER_EMBED,
                         embed_shared=out / EMBED_FILE)
         else:
-            export_gguf_drafter(drafter_dir, out / model_file, work, folder, kept, quant, log)
+            export_gguf_drafter(drafter_dir, out / model_file, work, folder, kept, quant,
+                                out / DRAFTER_EMBED, log)
         if kept is not None:
             kept.save(folder / "kept.npz")
         state[f"drafter:{variant}"] = vkey
@@ -165,9 +170,15 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         embed = _drafter_table(out)
         for entry in entries.values():
             entry["embed"] = embed
-        if embed == ONNX_EMBED:
-            files.append(file_entry(out, out / ONNX_EMBED, "VocabTrim drafters' input embeddings "
+        if embed == DRAFTER_EMBED:
+            files.append(file_entry(out, out / DRAFTER_EMBED, "VocabTrim drafters' input embeddings "
                                     "(fp32), taken out of their ONNX graphs"))
+    trimmed = [e for e in entries.values() if e["k"] is not None]
+    if fmt == "gguf" and trimmed:
+        for entry in trimmed:
+            entry["embed"] = DRAFTER_EMBED
+        files.append(file_entry(out, out / DRAFTER_EMBED, "trimmed VocabTrim drafters' input "
+                                "embeddings (fp16, as llama.cpp's graph sees token rows)"))
     shutil.rmtree(work / "drafter-onnx", ignore_errors=True)
     return entries, files
 
@@ -175,7 +186,7 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
 def _drafter_table(out: Path) -> str:
     """The ONNX drafters' input table: drafter/embed.npy exists only when it is not the
     target's (export/onnx.py place_table drops it otherwise)."""
-    return ONNX_EMBED if (out / ONNX_EMBED).is_file() else EMBED_FILE
+    return DRAFTER_EMBED if (out / DRAFTER_EMBED).is_file() else EMBED_FILE
 
 
 def drafter_generations(fmt: str, model_path: Path, prompts: list[list[int]], key: str, cache: Path,

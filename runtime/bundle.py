@@ -163,7 +163,9 @@ def open_drafter(bundle: Bundle, variant: str, target, sampling=None, seed: int 
 
         # a trimmed GGUF drafter's own vocabulary is the K kept ids (placeholders): inputs arrive
         # as rows of the target-vocabulary table; the kept list above carries the tokenizer check
-        embed = _embedding_table(folder / "embed.npy", target.n_vocab) if placeholder_vocab else None
+        # (bundles before the shared table kept one per variant folder)
+        table = bundle.path / entry["embed"] if entry.get("embed") else folder / "embed.npy"
+        embed = _embedding_table(table, target.n_vocab) if placeholder_vocab else None
         backend = LlamaCppBackend(folder / "model.gguf", n_ctx=target.n_ctx, n_threads=n_threads,
                                   input_embeddings=embed)
     else:  # drafts need not be bit-exact, so the drafter skips the pad row the target needs

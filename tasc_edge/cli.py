@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--max-new-tokens", type=int, default=160)
     exp.add_argument("--max-order", type=int, default=4)
     exp.add_argument("--out", required=True, help="bundle folder (or the .npz for --format tables)")
-    vt = exp.add_argument_group("VocabTrim drafter (ONNX bundles; GGUF bundles of Llama-family models)")
+    vt = exp.add_argument_group("VocabTrim drafter (ONNX bundles; GGUF bundles of Llama and Gemma 3 models)")
     vt.add_argument("--drafter-layers", type=int, default=0,
                     help="export a self-drafter: the target's first N layers, distilled, head trimmed")
     vt.add_argument("--drafter-model", help="a same-tokenizer HF checkpoint to use as the drafter instead")

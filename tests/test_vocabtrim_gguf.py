@@ -1,7 +1,8 @@
-"""VocabTrim drafters on llama.cpp (export/gguf_drafter.py) on a tiny random HF Llama: the
-trimmed drafter GGUF has a vocabulary of its K kept ids and takes embeddings as input; its
-logits are the full drafter's at the kept ids, it reads fewer bytes, and speculative output
-with it stays exactly the plain output of the GGUF target."""
+"""VocabTrim drafters on llama.cpp (export/gguf_drafter.py) on a tiny random HF Llama and a
+tiny random Gemma 3: the trimmed drafter GGUF has a vocabulary of its K kept ids and takes
+embeddings as input; its logits are the full drafter's at the kept ids (for Gemma that needs
+the table pre-scaled: llama.cpp scales token rows, not fed embeddings), it reads fewer bytes,
+and speculative output with it stays exactly the plain output of the GGUF target."""
 
 from __future__ import annotations
 
@@ -20,11 +21,16 @@ from tasc_edge.runtime.bundle import load_bundle, open_backend, open_drafter  # 
 from tasc_edge.tasks import load_task  # noqa: E402
 from test_bundle import demo_data_root, hf  # noqa: E402,F401  (module fixture)
 from test_vocabtrim_bundle import assert_drafters_exact  # noqa: E402
+from tiny_hf import write_tiny_hf  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def bundle_path(hf, tmp_path_factory):  # noqa: F811
-    out = tmp_path_factory.mktemp("vtg") / "b"
+@pytest.fixture(scope="module", params=["llama", "gemma3"])
+def bundle_path(request, hf, tmp_path_factory):  # noqa: F811
+    root = tmp_path_factory.mktemp(f"vtg-{request.param}")
+    if request.param != "llama":
+        task = load_task("demo")
+        hf = write_tiny_hf(root / "hf", [r.prompt + " " + r.output for r in task.train], arch=request.param)
+    out = root / "b"
     tables = ExportTablesConfig(task="", out="", corpus="both", n_ctx=1024, train_limit=12, max_new_tokens=24)
     export_bundle(ExportBundleConfig(tasks=["demo"], out=str(out), model=str(hf), format="gguf",
                                      gguf_quant="q8_0", tables=tables,
@@ -37,8 +43,8 @@ def test_trimmed_gguf_drafter_reads_fewer_bytes_and_has_a_kept_vocabulary(bundle
     drafters = load_bundle(bundle_path).manifest["drafters"]
     full, k48 = drafters["full"], drafters["k48"]
     assert k48["step_bytes"] < full["step_bytes"] < full["target_step_bytes"]
-    assert (bundle_path / "drafter" / "k48" / "embed.npy").is_file()
-    assert not (bundle_path / "drafter" / "full" / "embed.npy").exists()  # it reads token ids
+    assert k48["embed"] == "drafter/embed.npy" and "embed" not in full  # full reads token ids
+    assert (bundle_path / "drafter" / "embed.npy").is_file()
 
 
 def test_trimmed_logits_are_the_full_drafters_at_the_kept_ids(bundle_path):
@@ -71,7 +77,7 @@ def test_trimmed_gguf_drafter_refuses_another_vocabulary(bundle_path, tmp_path):
 
     copy = tmp_path / "b"
     shutil.copytree(bundle_path, copy)
-    embed = copy / "drafter" / "k48" / "embed.npy"
+    embed = copy / "drafter" / "embed.npy"
     np.save(embed, np.load(embed)[:-1], allow_pickle=False)  # a table of another vocabulary
     bundle = load_bundle(copy, verify=False)
     with open_backend(bundle, n_ctx=1024, n_threads=2) as target:

@@ -1,5 +1,6 @@
-"""A tiny random Llama checkpoint with a real (trained in-process) BPE tokenizer and a ChatML
-template, for export tests that take seconds. Needs the export extra (torch, transformers)."""
+"""A tiny random Llama (or Gemma 3) checkpoint with a real (trained in-process) BPE tokenizer
+and a ChatML template, for export tests that take seconds. Needs the export extra (torch,
+transformers)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n
           "{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
-def write_tiny_hf(folder: Path, texts: list[str], seed: int = 0, vocab_size: int = 320) -> Path:
+def write_tiny_hf(folder: Path, texts: list[str], seed: int = 0, vocab_size: int = 320,
+                  arch: str = "llama") -> Path:
+    """arch "gemma3": Gemma 3's block (q/k norms, pre/post norms, (1 + w) RMSNorm, scaled
+    embeddings, GELU) at the same size, with random norm weights so a writer that mistakes the
+    norm convention is caught."""
     import torch
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -27,15 +32,20 @@ def write_tiny_hf(folder: Path, texts: list[str], seed: int = 0, vocab_size: int
         unk_token="<|endoftext|>", pad_token="<|im_end|>")
     fast.chat_template = CHATML
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
-        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    model = transformers.LlamaForCausalLM(config).eval()
+    size = dict(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
+                tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    if arch == "gemma3":
+        config = transformers.Gemma3TextConfig(**size, query_pre_attn_scalar=32, sliding_window=512)
+        model = transformers.Gemma3ForCausalLM(config).eval()
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**size)).eval()
     with torch.no_grad():  # larger weights than the default init: outputs that vary by prompt
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
+            elif arch == "gemma3":  # norms: Gemma's init is 0 (a scale of 1 + 0)
+                p.normal_(0.0, 0.2)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
