@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tasc_edge.errors import require
-from tasc_edge.export.gguf_write import _load_weights, write_gguf
+from tasc_edge.export.gguf_write import GGUF_ARCH, _load_weights, write_gguf
 from tasc_edge.export.onnx import place_table
 from tasc_edge.runtime.models import resolve_model
 from tasc_edge.vocab_trim import KeptVocab
@@ -56,8 +56,9 @@ def export_gguf_drafter(hf_dir: Path, target_gguf: Path, work: Path, folder: Pat
 def input_embeddings(hf_dir: Path) -> np.ndarray:
     """The rows llama.cpp's graph would take from token_embd for each token id, fp16."""
     config = json.loads((hf_dir / "config.json").read_text())
-    table = _load_weights(hf_dir)["model.embed_tokens.weight"]
-    if config.get("model_type", "").startswith("gemma"):
+    key = "model.embed_tokens.weight"
+    table = _load_weights(hf_dir, (key,))[key]  # the table only, not the whole checkpoint again
+    if GGUF_ARCH.get(config.get("model_type")) == "gemma3":
         table = table * np.float32(np.sqrt(config["hidden_size"]))
     return table.astype(np.float16)
 

@@ -92,7 +92,8 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _load_weights(hf_dir: Path) -> dict[str, np.ndarray]:
+def _load_weights(hf_dir: Path, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The checkpoint's tensors as fp32 numpy (only `names`, if given)."""
     safetensors = require("safetensors", "export")
     files = sorted(hf_dir.glob("*.safetensors"))
     if not files:
@@ -101,7 +102,8 @@ def _load_weights(hf_dir: Path) -> dict[str, np.ndarray]:
     for f in files:
         with safetensors.safe_open(str(f), framework="pt") as st:
             for k in st.keys():
-                out[k] = st.get_tensor(k).float().numpy()
+                if names is None or k in names:
+                    out[k] = st.get_tensor(k).float().numpy()
     return out
 
 
