@@ -34,9 +34,7 @@ def export_cfg(hf: Path, out: Path, quant: str, **kw) -> ExportBundleConfig:
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-    task = load_task("demo")
-    return write_tiny_hf(tmp_path_factory.mktemp("hf") / "tiny",
-                         [r.prompt + " " + r.output for r in task.train])
+    return write_tiny_hf(tmp_path_factory.mktemp("hf") / "tiny")
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,7 @@ OUTPUTS = [r.output for r in load_task("demo").train]
 
 @pytest.fixture(scope="module")
 def hf(tmp_path_factory):
-    task = load_task("demo")
-    return write_tiny_hf(tmp_path_factory.mktemp("hf") / "tiny", [r.prompt + " " + r.output for r in task.train])
+    return write_tiny_hf(tmp_path_factory.mktemp("hf") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +119,7 @@ def test_gguf_writer_matches_torch_logits(arch, hf, tmp_path):
     import transformers
 
     if arch != "llama":
-        task = load_task("demo")
-        hf = write_tiny_hf(tmp_path / arch, [r.prompt + " " + r.output for r in task.train], arch=arch)
+        hf = write_tiny_hf(tmp_path / arch, arch=arch)
     path = write_gguf(hf, tmp_path / "m.gguf", log=QUIET)
     model = transformers.AutoModelForCausalLM.from_pretrained(hf).eval()
     with LlamaCppBackend(path, n_ctx=256, n_threads=2) as b:

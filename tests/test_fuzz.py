@@ -143,11 +143,10 @@ def onnx(tmp_path_factory):
     from tasc_edge.export.bundle import ExportBundleConfig, export_bundle
     from tasc_edge.export.tables import ExportTablesConfig
     from tasc_edge.runtime.bundle import load_bundle, open_backend
-    from tasc_edge.tasks import load_task
     from tiny_hf import write_tiny_hf
 
     root = tmp_path_factory.mktemp("fuzz-onnx")
-    hf = write_tiny_hf(root / "hf", [r.prompt + " " + r.output for r in load_task("demo").train])
+    hf = write_tiny_hf(root / "hf")
     tables = ExportTablesConfig(task="", out="", corpus="reference", n_ctx=1024)
     export_bundle(ExportBundleConfig(tasks=["demo"], out=str(root / "b"), model=str(hf), format="onnx",
                                      onnx_quant="int4", tables=tables), log=lambda *_: None)

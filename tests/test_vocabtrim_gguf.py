@@ -28,8 +28,7 @@ from tiny_hf import write_tiny_hf  # noqa: E402
 def bundle_path(request, hf, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp(f"vtg-{request.param}")
     if request.param != "llama":
-        task = load_task("demo")
-        hf = write_tiny_hf(root / "hf", [r.prompt + " " + r.output for r in task.train], arch=request.param)
+        hf = write_tiny_hf(root / "hf", arch=request.param)
     out = root / "b"
     tables = ExportTablesConfig(task="", out="", corpus="both", n_ctx=1024, train_limit=12, max_new_tokens=24)
     export_bundle(ExportBundleConfig(tasks=["demo"], out=str(out), model=str(hf), format="gguf",

@@ -11,15 +11,20 @@ CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n
           "{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
-def write_tiny_hf(folder: Path, texts: list[str], seed: int = 0, vocab_size: int = 320,
+def write_tiny_hf(folder: Path, texts: list[str] | None = None, seed: int = 0, vocab_size: int = 320,
                   arch: str = "llama") -> Path:
-    """arch "gemma3": Gemma 3's block (q/k norms, pre/post norms, (1 + w) RMSNorm, scaled
+    """`texts` train the tokenizer (default: the demo task's train prompts and outputs).
+    arch "gemma3": Gemma 3's block (q/k norms, pre/post norms, (1 + w) RMSNorm, scaled
     embeddings, GELU) at the same size, with random norm weights so a writer that mistakes the
     norm convention is caught."""
     import torch
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    if texts is None:
+        from tasc_edge.tasks import load_task
+
+        texts = [r.prompt + " " + r.output for r in load_task("demo").train]
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
