@@ -10,7 +10,9 @@ Per pair: rows, rows identical to that model's plain output, tokens per output (
 expansion shrinks), tokens/s and characters/s (tokens differ across vocabularies: characters
 are comparable), wall-clock speed-up per row against the baseline model's plain run (default
 `ft`: the model whose quality TASC-ft must keep) and against its own plain run, tau,
-acceptance, exact match and chrF against the reference.
+acceptance, exact match and chrF against the reference, and the quality change against the
+baseline's plain output on the same rows (paired mean, bootstrap 95% interval): with 50 rows
+one row of exact match is 2 points, so a "within 2 points" claim needs the interval.
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ def summarise_ft(runs: list[FtRun], pairs: list[tuple[str, str]], baseline: str)
             continue
         vs_base = [by[(baseline, "plain", r.row)].total_s / r.total_s for r in mine if (baseline, "plain", r.row) in by]
         vs_own = [by[(name, "plain", r.row)].total_s / r.total_s for r in mine if (name, "plain", r.row) in by]
+        base_rows = [(by[(baseline, "plain", r.row)], r) for r in mine if (baseline, "plain", r.row) in by]
         secs = sum(r.total_s for r in mine)
         drafted = sum(r.drafted for r in mine)
         results.append({
@@ -167,8 +170,20 @@ def summarise_ft(runs: list[FtRun], pairs: list[tuple[str, str]], baseline: str)
             "tau_mean": statistics.fmean(r.tau for r in mine),
             "acceptance": sum(r.accepted for r in mine) / drafted if drafted else None,
             "exact_match": statistics.fmean(r.exact for r in mine), "chrf": statistics.fmean(r.chrf for r in mine),
+            "exact_vs_baseline": paired_delta([100 * (r.exact - b.exact) for b, r in base_rows]),
+            "chrf_vs_baseline": paired_delta([r.chrf - b.chrf for b, r in base_rows]),
         })
     return results
+
+
+def paired_delta(diffs: list[float], draws: int = 2000, seed: int = 0) -> list[float] | None:
+    """[mean, low, high]: the mean per-row difference and a percentile-bootstrap 95% interval."""
+    if not diffs:
+        return None
+    d = np.asarray(diffs, dtype=float)
+    means = d[np.random.default_rng(seed).integers(0, len(d), (draws, len(d)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return [float(d.mean()), float(low), float(high)]
 
 
 def ft_markdown(report: dict) -> str:
@@ -178,8 +193,9 @@ def ft_markdown(report: dict) -> str:
     base = report["config"]["baseline"]
     lines = [f"# tasc-edge ft bench: {report['task']}", "",
              "| model | method | rows | identical to own plain | tokens/output | speed-up vs "
-             f"{base}/plain, median [IQR] | vs own plain | tau | acceptance | tok/s | chars/s | exact | chrF |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{base}/plain, median [IQR] | vs own plain | tau | acceptance | tok/s | chars/s | exact | chrF | "
+             f"exact vs {base}, points [95% CI] | chrF vs {base} [95% CI] |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         iqr = r["speedup_vs_baseline_iqr"]
         lines.append(
@@ -188,10 +204,15 @@ def ft_markdown(report: dict) -> str:
             f"{r['tokens_per_output']:.1f} | {f(r['speedup_vs_baseline'], '.2f')}x "
             f"[{f(iqr and iqr[0], '.2f')}-{f(iqr and iqr[1], '.2f')}] | {f(r['speedup_vs_own_plain'], '.2f')}x | "
             f"{r['tau_mean']:.2f} | {f(r['acceptance'], '.2f')} | {r['tokens_per_s']:.1f} | "
-            f"{r['chars_per_s']:.0f} | {r['exact_match']:.2f} | {r['chrf']:.1f} |")
+            f"{r['chars_per_s']:.0f} | {r['exact_match']:.2f} | {r['chrf']:.1f} | "
+            f"{_delta(r.get('exact_vs_baseline'))} | {_delta(r.get('chrf_vs_baseline'))} |")
     models = report.get("models", {})
     lines += ["", "Models: " + "; ".join(f"{n}: vocab {m['n_vocab']}, {m['model_bytes'] / 1e6:.1f} MB, "
                                          f"t(1) {m['step_ms']:.1f} ms" for n, m in models.items())]
     if report.get("interrupted"):
         lines += ["", "**Interrupted**: only the rows that finished are counted."]
     return "\n".join(lines) + "\n"
+
+
+def _delta(d: list[float] | None) -> str:
+    return "-" if d is None else f"{d[0]:+.1f} [{d[1]:+.1f}, {d[2]:+.1f}]"

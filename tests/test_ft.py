@@ -25,7 +25,7 @@ from tasc_edge.export.ft_train import TrainConfig, run_train  # noqa: E402
 from tasc_edge.export.gguf_write import write_gguf  # noqa: E402
 from tasc_edge.export.tables import ExportTablesConfig  # noqa: E402
 from tasc_edge.runtime.bundle import load_bundle, load_table, open_backend  # noqa: E402
-from tasc_edge.runtime.ft_bench import FtBenchConfig, run_ft_bench  # noqa: E402
+from tasc_edge.runtime.ft_bench import FtBenchConfig, paired_delta, run_ft_bench  # noqa: E402
 from tasc_edge.runtime.llama_backend import LlamaCppBackend  # noqa: E402
 from tasc_edge.tasks import load_task  # noqa: E402
 from tiny_hf import write_tiny_hf  # noqa: E402
@@ -166,7 +166,18 @@ def test_ft_bench_tasc_spec_on_the_expanded_model_is_exact(hf, expanded, tmp_pat
     for name in bundles:
         assert by[(name, "tasc-spec")]["identical_rows"] == 4
     assert by[("base", "plain")]["speedup_vs_baseline"] == pytest.approx(1.0)
+    assert by[("base", "plain")]["chrf_vs_baseline"] == [0.0, 0.0, 0.0]
+    x = by[("ftx", "plain")]
+    assert x["chrf_vs_baseline"][0] == pytest.approx(x["chrf"] - by[("base", "plain")]["chrf"])
+    assert x["chrf_vs_baseline"][1] <= x["chrf_vs_baseline"][0] <= x["chrf_vs_baseline"][2]
     assert (tmp_path / "rep" / "ft-bench.md").is_file()
+
+
+def test_paired_delta_interval():
+    assert paired_delta([3.0] * 10) == [3.0, 3.0, 3.0]
+    mean, low, high = paired_delta([-10.0, 10.0] * 25)
+    assert mean == 0.0 and -4.0 < low < -1.0 and 1.0 < high < 4.0  # sd 10 / sqrt(50) = 1.41
+    assert paired_delta([]) is None
 
 
 def test_expanded_model_exports_to_onnx_with_its_tokenizer_and_runs_exact(expanded, tmp_path):
