@@ -169,7 +169,9 @@ def _add_ft_parser(sub) -> None:
     ex.add_argument("--task", required=True, help="task directory (its train.jsonl outputs)")
     ex.add_argument("--out", required=True, help="HF checkpoint folder to write")
     ex.add_argument("--model", help="HF checkpoint folder or .gguf (default: packaged SmolLM2)")
-    ex.add_argument("--budget", type=int, default=300, help="new tokens in total (the paper goes to ~500; after a short CPU fine-tune 50 kept quality within 2 points and 150 did not: README, TASC-ft)")
+    ex.add_argument("--budget", type=int, default=300,
+                    help="new tokens in total (the paper goes to ~500; after a short CPU fine-tune "
+                         "50 kept quality within 2 points and 150 did not: README, TASC-ft)")
     ex.add_argument("--per-round", type=int, default=50, help="new tokens added per round")
     ex.add_argument("--max-n", type=int, default=8, help="longest token n-gram scored per round")
     ex.add_argument("--min-count", type=int, default=8)
