@@ -154,9 +154,9 @@ def summarise_ft(runs: list[FtRun], pairs: list[tuple[str, str]], baseline: str)
         mine = [by[(name, meth, row)] for row in rows if (name, meth, row) in by]
         if not mine:
             continue
-        vs_base = [by[(baseline, "plain", r.row)].total_s / r.total_s for r in mine if (baseline, "plain", r.row) in by]
-        vs_own = [by[(name, "plain", r.row)].total_s / r.total_s for r in mine if (name, "plain", r.row) in by]
         base_rows = [(by[(baseline, "plain", r.row)], r) for r in mine if (baseline, "plain", r.row) in by]
+        vs_base = [b.total_s / r.total_s for b, r in base_rows]
+        vs_own = [by[(name, "plain", r.row)].total_s / r.total_s for r in mine if (name, "plain", r.row) in by]
         secs = sum(r.total_s for r in mine)
         drafted = sum(r.drafted for r in mine)
         results.append({
