@@ -32,9 +32,10 @@ def _add_spin_arg(p: argparse.ArgumentParser) -> None:
 
 def _add_chain_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chain-ask-below", type=float, default=None, metavar="P",
-                   help="chained drafting: also ask the model where the n-grams' first token is "
-                        "estimated below P, and keep the likelier draft (default: only where "
-                        "the n-grams have none)")
+                   help="chained drafting: where the n-grams' first token is estimated below P, "
+                        "look at the model's first token (one drafter forward) and let the part "
+                        "more often right in that case draft (default: the model only drafts "
+                        "where the n-grams have nothing)")
 
 
 def build_parser() -> argparse.ArgumentParser:

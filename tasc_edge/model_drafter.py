@@ -55,6 +55,7 @@ class ModelDrafter:
         self.calibrator = AcceptanceCalibrator(self.cfg.prior_strength)
         self.committed: list[int] = []
         self.fed: list[int] = []  # tokens the drafter's cache holds
+        self._logits: np.ndarray | None = None  # the model's logits after fed[-1]
         self.steps = 0  # drafter forwards (each reads the drafter's weights once), for MBSU
         self._buckets: list[tuple] = []
 
@@ -106,8 +107,19 @@ class ModelDrafter:
         return out
 
     # -- internals -----------------------------------------------------------------------------
+    def peek(self) -> tuple[int, float]:
+        """The token the model would draft first after the committed sequence (its argmax,
+        never a sample, so a chained drafter may choose on it without biasing sampling) and its
+        probability. One forward at most; a draft() right after reuses it."""
+        logits = self._sync(list(self.committed))
+        p = _softmax(logits) if self.sampling.greedy else target_probs(logits, self.sampling)
+        local = int(np.argmax(p))
+        return (local if self.kept is None else self.kept.to_target(local)), float(p[local])
+
     def _sync(self, seq: list[int]) -> np.ndarray:
         """Bring the cache to seq[:-1] and return the logits after seq[-1]."""
+        if self._logits is not None and self.fed == seq:
+            return self._logits  # peek() has just computed them
         keep = min(common_prefix_length(self.fed, seq), len(seq) - 1)
         missing = seq[keep:]
         # a new prompt, or a backend this drafter has not used yet: prefill (it resets the
@@ -125,7 +137,8 @@ class ModelDrafter:
         logits = self.backend.forward(tokens)[-1]
         self.fed.extend(tokens)
         self.steps += 1
-        return np.asarray(logits, dtype=np.float64)
+        self._logits = np.asarray(logits, dtype=np.float64)  # after fed[-1]
+        return self._logits
 
     def _full_vocab(self, rows: list[np.ndarray]) -> np.ndarray:
         full = np.zeros((len(rows), self.n_vocab))
@@ -144,18 +157,24 @@ class ChainedDrafter:
     Measured on SmolLM2 (snips, e2e): replacing *unsure* n-gram tokens by the model's, or
     extending every n-gram draft with model tokens, lowered tau or left it unchanged at extra
     cost - the task n-grams beat a 4-layer distilled drafter even where they are unsure. So by
-    default the model is asked only when the n-gram draft is empty. `ask_below` = p also asks
-    it when the n-grams' first token is estimated below p, and keeps whichever draft's first
-    token has the higher calibrated estimate (each part's calibrator learns only from the
-    positions where its own tokens were verified). `sure` > 0 keeps only the n-gram prefix at
-    least that confident and lets the model continue from there."""
+    default the model is asked only when the n-gram draft is empty.
+
+    `ask_below` = P: where the n-grams' first token is estimated below P, look at the model's
+    first token (one drafter forward, no draft). Agreement is evidence for the n-gram draft;
+    on disagreement the part whose first token has more often been right in that situation
+    drafts. Verification always reveals the true first token, so both estimates learn from
+    every look. The pick uses the model's argmax, never its sample, so sampling stays exact.
+    `sure` > 0 keeps only the n-gram prefix at least that confident and lets the model
+    continue from there."""
 
     def __init__(self, ngram: NgramDrafter, model: ModelDrafter, sure: float | None = None,
                  ask_below: float | None = None) -> None:
         if sure is not None and ask_below is not None:
             raise TascError("a chained drafter takes `sure` or `ask_below`, not both")
         self.ngram, self.model, self.sure, self.ask_below = ngram, model, sure, ask_below
+        self.looks = AcceptanceCalibrator(prior_strength=4.0)  # P(first token right | look)
         self._split = 0  # tokens of the last draft that came from the n-grams
+        self._looked: tuple | None = None  # (n-gram key, its token, model key, its token)
 
     @property
     def steps(self) -> int:
@@ -167,23 +186,39 @@ class ChainedDrafter:
 
     def draft(self, max_tokens: int) -> Draft:
         a = self.ngram.draft(max_tokens)
-        k = len(a.tokens)
+        self._looked = None
         if self.sure is not None:
             k = 0
             while k < len(a.tokens) and a.confidence[k] >= self.sure:
                 k += 1
             a = a.truncate(k)
-        self._split = k
-        if k == max_tokens:
-            return a
-        if k > 0 and self.sure is None:
+        self._split = len(a.tokens)
+        if a.tokens and self.sure is None:
             if self.ask_below is None or a.confidence[0] >= self.ask_below:
                 return a
-            b = self.model.draft(max_tokens)  # the n-grams are unsure: the likelier one drafts
-            if not b.tokens or b.confidence[0] <= a.confidence[0]:
-                return a
-            self._split = 0
-            return b
+            return self._look(a, max_tokens)
+        if len(a.tokens) == max_tokens:
+            return a
+        return self._continue(a, max_tokens)
+
+    def _look(self, a: Draft, max_tokens: int) -> Draft:
+        mine, p = self.model.peek()
+        agree = mine == a.tokens[0]
+        key_a, key_b = ("ngram", agree, _decile(a.confidence[0])), ("model", agree, _decile(p))
+        pa = self.looks.estimate(key_a, prior=a.confidence[0])
+        pb = self.looks.estimate(key_b, prior=p)
+        self._looked = (key_a, a.tokens[0], key_b, mine)
+        if agree or pa >= pb:
+            return Draft(a.tokens, [pa, *a.confidence[1:]], a.probs)
+        b = self.model.draft(max_tokens)  # reuses the peeked logits: no second forward
+        if not b.tokens:
+            return a
+        self._split = 0
+        return Draft(b.tokens, [pb, *b.confidence[1:]], b.probs)
+
+    def _continue(self, a: Draft, max_tokens: int) -> Draft:
+        """The model drafts after the n-gram part (all of the draft when that is empty)."""
+        k = len(a.tokens)
         b = self.model.draft(max_tokens - k, after=a.tokens)
         probs = None
         if b.probs is not None:  # n-gram tokens are point masses
@@ -193,11 +228,19 @@ class ChainedDrafter:
         return Draft(a.tokens + b.tokens, a.confidence + b.confidence, probs)
 
     def update(self, draft: Draft, n_accepted: int, committed: Sequence[int]) -> None:
+        if self._looked is not None and committed:  # committed[0] is the target's own token
+            key_a, tok_a, key_b, tok_b = self._looked
+            self.looks.observe(key_a, accepted=tok_a == committed[0])
+            self.looks.observe(key_b, accepted=tok_b == committed[0])
         k = min(self._split, len(draft.tokens))
         self.ngram.update(draft.truncate(k), min(n_accepted, k), committed)
         tail = Draft(draft.tokens[k:], draft.confidence[k:])
         # the model's tokens were judged only if every n-gram token before them was accepted
         self.model.update(tail if n_accepted >= k else Draft(), max(n_accepted - k, 0), committed)
+
+
+def _decile(p: float) -> int:
+    return min(int(p * 10), 9)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

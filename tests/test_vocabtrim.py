@@ -129,14 +129,95 @@ def test_chained_drafter_exact_and_each_part_learns(pair, policy):
             assert chained.model.calibrator.seen and chained.steps > 0
 
 
+@pytest.mark.parametrize("policy", [{}, {"sure": 0.9}, {"ask_below": 1.0}])
+def test_chained_sampling_follows_target(pair, policy):
+    """Whichever part drafts, and however the chained drafter picks between them, the
+    sampled output must follow the target: the pick may not depend on the model's sample."""
+    target, _, other = pair
+    sampling = SamplingConfig(temperature=1.5, top_k=4)
+    prompt = prompts(target, 1)[0]
+    joint = exact_two_token_distribution(target, prompt, sampling)
+    keys = sorted(joint)
+    index = {k: i for i, k in enumerate(keys)}
+    # an n-gram table from the target's own samples after this prompt: its drafts are often
+    # right, so both parts draft and the model's first token competes with the n-grams'
+    rng = np.random.default_rng(7)
+    cfg = GenerateConfig(max_new_tokens=2, max_draft=2, sampling=sampling, stop_tokens=frozenset())
+    samples = [generate(target, prompt, None, cfg, rng=rng).tokens for _ in range(30)]
+    table = NgramTable.build([[*prompt[-3:], *s] for s in samples], target.tokenizer_hash)
+    model = ModelDrafter(other, target.n_vocab, None, SamplingConfig(temperature=1.0), seed=1,
+                         config=ModelDraftConfig(max_draft=2, min_survival=0.0))
+    chained = ChainedDrafter(NgramDrafter(table), model, **policy)
+    counts = np.zeros(len(keys))
+    for _ in range(2500):
+        key = tuple(generate(target, prompt, chained, cfg, rng=rng).tokens)
+        assert key in index, f"sampled {key}, which the target gives probability 0"
+        counts[index[key]] += 1
+    if policy.get("ask_below"):
+        assert chained.steps > 0
+    assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
+
+
+class FixedLogits:
+    """A drafter backend that always says the same thing: half its mass on one token."""
+
+    def __init__(self, n_vocab: int, favourite: int) -> None:
+        self.n_ctx, self.n_vocab = 256, n_vocab
+        self.row = np.zeros(n_vocab)
+        self.row[favourite] = np.log(n_vocab - 1)  # q(favourite) = 1/2
+
+    def prefill(self, tokens) -> None:
+        pass
+
+    def forward(self, tokens) -> np.ndarray:
+        return np.tile(self.row, (len(tokens), 1))
+
+    def rollback(self, n: int) -> None:
+        pass
+
+
+def test_chained_pick_does_not_bias_sampling(pair):
+    """The model proposes the target's likeliest first token half the time and noise
+    otherwise; the unsure n-grams always propose the second likeliest. A pick made on the
+    model's *sample* (take it when it is the likely one) would propose the likeliest token
+    far more often than the q it reports, and over-produce it; a pick made on the model's
+    argmax leaves every proposal distributed as reported."""
+    target = pair[0]
+    sampling = SamplingConfig(temperature=1.5, top_k=4)
+    prompt = prompts(target, 1)[0]
+    joint = exact_two_token_distribution(target, prompt, sampling)
+    keys = sorted(joint)
+    index = {k: i for i, k in enumerate(keys)}
+    first = {}
+    for (t1, _), p in joint.items():
+        first[t1] = first.get(t1, 0.0) + p
+    best, second = sorted(first, key=first.get, reverse=True)[:2]
+    model = ModelDrafter(FixedLogits(target.n_vocab, best), target.n_vocab, None,
+                         SamplingConfig(temperature=1.0), seed=3,
+                         config=ModelDraftConfig(max_draft=1, min_survival=0.0))
+    chained = ChainedDrafter(ScriptedPart([second], [0.3]), model, ask_below=0.5)
+    cfg = GenerateConfig(max_new_tokens=2, max_draft=1, sampling=sampling, stop_tokens=frozenset())
+    rng = np.random.default_rng(5)
+    counts = np.zeros(len(keys))
+    for _ in range(3000):
+        counts[index[tuple(generate(target, prompt, chained, cfg, rng=rng).tokens)]] += 1
+    assert model.steps > 0 and chained.looks.seen
+    assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
+
+
 class ScriptedPart:
     """A drafter part that always proposes `draft` and records what it is told."""
 
     def __init__(self, tokens: list[int], confidence: list[float]) -> None:
-        self.proposal, self.asked, self.updates, self.steps, self.n_vocab = Draft(tokens, confidence), 0, [], 0, 50
+        self.proposal, self.asked, self.peeked, self.updates, self.steps, self.n_vocab = (
+            Draft(tokens, confidence), 0, 0, [], 0, 50)
 
     def begin(self, prompt) -> None:
         pass
+
+    def peek(self) -> tuple[int, float]:
+        self.peeked += 1
+        return self.proposal.tokens[0], self.proposal.confidence[0]
 
     def draft(self, max_tokens: int, after=()) -> Draft:
         self.asked += 1
@@ -146,23 +227,41 @@ class ScriptedPart:
         self.updates.append((list(draft.tokens), n_accepted))
 
 
-@pytest.mark.parametrize("ngram_conf, model_conf, ask_below, asked, winner", [
+@pytest.mark.parametrize("ngram_conf, model_conf, ask_below, looked, winner", [
     (0.3, 0.7, None, 0, "ngram"),  # default: the model only fills an empty n-gram draft
     (0.6, 0.9, 0.5, 0, "ngram"),   # the n-grams are sure enough: the model is not asked
     (0.3, 0.7, 0.5, 1, "model"),   # unsure n-grams, likelier model token: the model drafts
-    (0.3, 0.2, 0.5, 1, "ngram"),   # asked, but less likely than the n-grams: theirs stands
+    (0.3, 0.2, 0.5, 1, "ngram"),   # looked, but less likely than the n-grams: theirs stands
 ])
-def test_chained_ask_below_picks_the_likelier_first_token(ngram_conf, model_conf, ask_below, asked, winner):
+def test_chained_ask_below_picks_the_likelier_first_token(ngram_conf, model_conf, ask_below, looked, winner):
     ngram = ScriptedPart([1, 2, 3], [ngram_conf, 0.9, 0.9])
     model = ScriptedPart([7, 8], [model_conf, 0.5])
     chained = ChainedDrafter(ngram, model, ask_below=ask_below)
-    draft = chained.draft(4)
-    assert model.asked == asked
-    assert draft.tokens == ([1, 2, 3] if winner == "ngram" else [7, 8])
+    draft = chained.draft(1 if looked else 4)  # a one-token budget still looks
+    assert model.peeked == looked and model.asked == (winner == "model")
+    assert draft.tokens == ([1, 2, 3] if winner == "ngram" else [7, 8])[: len(draft.tokens)]
     chained.update(draft, 1, [draft.tokens[0], 9])
     # only the part whose tokens were verified learns from the outcome
     mine, other = (ngram, model) if winner == "ngram" else (model, ngram)
     assert mine.updates == [(draft.tokens, 1)] and other.updates == [([], 0)]
+
+
+def test_chained_looks_learn_whom_to_trust():
+    """Where the two disagree and the model has been right, it takes over even when its own
+    probability is below the n-grams'; where they agree, the n-gram draft is trusted more."""
+    ngram = ScriptedPart([1, 2, 3], [0.4, 0.9, 0.9])
+    model = ScriptedPart([7, 8], [0.3, 0.5])
+    chained = ChainedDrafter(ngram, model, ask_below=0.5)
+    assert chained.draft(4).tokens == [1, 2, 3]  # before any evidence: 0.4 beats 0.3
+    for _ in range(10):  # the target keeps saying 7
+        chained.draft(4)
+        chained.update(Draft([1, 2, 3], [0.4, 0.9, 0.9]), 0, [7])
+    assert chained.draft(4).tokens == [7, 8]
+    model.proposal = Draft([1, 8], [0.3, 0.5])  # now they agree, and the target says 1
+    for _ in range(10):
+        chained.draft(4)
+        chained.update(Draft([1, 2, 3], [0.4, 0.9, 0.9]), 1, [1, 5])
+    assert chained.draft(4).confidence[0] > 0.7  # agreement lifted the n-grams' 0.4
 
 
 def test_chained_takes_one_policy():
