@@ -72,9 +72,10 @@ class NgramDrafter:
         self.context = ContextNgrams(self.cfg.max_order)
         self.context.extend(prompt)
 
-    def draft(self, max_tokens: int) -> Draft:
+    def draft(self, max_tokens: int, after: Sequence[int] = ()) -> Draft:
+        """Up to `max_tokens` tokens continuing the context + `after` (a chained part's tokens)."""
         n = self.cfg.max_order - 1
-        tail = self.context.tokens[-n:]
+        tail = [*self.context.tokens[-n:], *after][-n:]
         out = Draft()
         self._buckets = []
         survival = 1.0

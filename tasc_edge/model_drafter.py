@@ -162,8 +162,10 @@ class ChainedDrafter:
     `ask_below` = P: where the n-grams' first token is estimated below P, look at the model's
     first token (one drafter forward, no draft). Agreement is evidence for the n-gram draft;
     on disagreement the part whose first token has more often been right in that situation
-    drafts. Verification always reveals the true first token, so both estimates learn from
-    every look. The pick uses the model's argmax, never its sample, so sampling stays exact.
+    drafts that token, and the n-grams continue after it (they continue better than the
+    model, for free). Verification always reveals the true first token, so both estimates
+    learn from every look. The pick uses the model's argmax, never its sample, so sampling
+    stays exact.
     `sure` > 0 keeps only the n-gram prefix at least that confident and lets the model
     continue from there."""
 
@@ -175,6 +177,7 @@ class ChainedDrafter:
         self.looks = AcceptanceCalibrator(prior_strength=4.0)  # P(first token right | look)
         self._split = 0  # tokens of the last draft that came from the n-grams
         self._looked: tuple | None = None  # (n-gram key, its token, model key, its token)
+        self._model_first = False  # the last draft is the model's one token + n-grams after it
 
     @property
     def steps(self) -> int:
@@ -185,15 +188,19 @@ class ChainedDrafter:
         self.model.begin(prompt)
 
     def draft(self, max_tokens: int) -> Draft:
+        self._looked, self._model_first, self._split = None, False, 0
+        if max_tokens <= 0:
+            return Draft()
         a = self.ngram.draft(max_tokens)
-        self._looked = None
         if self.sure is not None:
             k = 0
             while k < len(a.tokens) and a.confidence[k] >= self.sure:
                 k += 1
             a = a.truncate(k)
         self._split = len(a.tokens)
-        if a.tokens and self.sure is None:
+        if self.sure is None:
+            if not a.tokens:  # the n-grams have nothing here
+                return self._fill(max_tokens, self.model.peek()[0])
             if self.ask_below is None or a.confidence[0] >= self.ask_below:
                 return a
             return self._look(a, max_tokens)
@@ -210,14 +217,32 @@ class ChainedDrafter:
         self._looked = (key_a, a.tokens[0], key_b, mine)
         if agree or pa >= pb:
             return Draft(a.tokens, [pa, *a.confidence[1:]], a.probs)
-        b = self.model.draft(max_tokens)  # reuses the peeked logits: no second forward
-        if not b.tokens:
-            return a
-        self._split = 0
-        return Draft(b.tokens, [pb, *b.confidence[1:]], b.probs)
+        return self._fill(max_tokens, mine, first_confidence=pb)
+
+    def _fill(self, max_tokens: int, mine: int, first_confidence: float | None = None) -> Draft:
+        """The model's token here, then the n-grams again after it (they continue better than
+        the model, and for free); the model drafts on alone only where the n-grams have nothing
+        after its argmax `mine` either. Decided on the argmax, never on a sample, so sampling
+        stays exact; the model's token itself is its sample (from the peeked logits)."""
+        if max_tokens > 1 and not self.ngram.draft(max_tokens - 1, after=[mine]).tokens:
+            b = self.model.draft(max_tokens)
+            self._split = 0
+        else:
+            b = self.model.draft(1)
+            rest = self.ngram.draft(max_tokens - 1, after=b.tokens)
+            self._model_first = True
+            probs = None
+            if b.probs is not None:  # n-gram tokens are point masses
+                probs = np.zeros((1 + len(rest.tokens), self.model.n_vocab))
+                probs[0] = b.probs[0]
+                probs[np.arange(1, len(probs)), rest.tokens] = 1.0
+            b = Draft(b.tokens + rest.tokens, b.confidence + rest.confidence, probs)
+        if first_confidence is not None and b.tokens:
+            b.confidence[0] = first_confidence
+        return b
 
     def _continue(self, a: Draft, max_tokens: int) -> Draft:
-        """The model drafts after the n-gram part (all of the draft when that is empty)."""
+        """`sure`: the model drafts after the n-gram part it keeps."""
         k = len(a.tokens)
         b = self.model.draft(max_tokens - k, after=a.tokens)
         probs = None
@@ -232,6 +257,11 @@ class ChainedDrafter:
             key_a, tok_a, key_b, tok_b = self._looked
             self.looks.observe(key_a, accepted=tok_a == committed[0])
             self.looks.observe(key_b, accepted=tok_b == committed[0])
+        if self._model_first:  # the n-gram tokens were judged only if the model's one held
+            self.model.update(draft.truncate(1), min(n_accepted, 1), committed)
+            rest = Draft(draft.tokens[1:], draft.confidence[1:]) if n_accepted >= 1 else Draft()
+            self.ngram.update(rest, max(n_accepted - 1, 0), committed)
+            return
         k = min(self._split, len(draft.tokens))
         self.ngram.update(draft.truncate(k), min(n_accepted, k), committed)
         tail = Draft(draft.tokens[k:], draft.confidence[k:])

@@ -176,7 +176,8 @@ class FixedLogits:
         pass
 
 
-def test_chained_pick_does_not_bias_sampling(pair):
+@pytest.mark.parametrize("gap", [False, True])
+def test_chained_pick_does_not_bias_sampling(pair, gap):
     """The model proposes the target's likeliest first token half the time and noise
     otherwise; the unsure n-grams always propose the second likeliest. A pick made on the
     model's *sample* (take it when it is the likely one) would propose the likeliest token
@@ -195,13 +196,19 @@ def test_chained_pick_does_not_bias_sampling(pair):
     model = ModelDrafter(FixedLogits(target.n_vocab, best), target.n_vocab, None,
                          SamplingConfig(temperature=1.0), seed=3,
                          config=ModelDraftConfig(max_draft=1, min_survival=0.0))
-    chained = ChainedDrafter(ScriptedPart([second], [0.3]), model, ask_below=0.5)
-    cfg = GenerateConfig(max_new_tokens=2, max_draft=1, sampling=sampling, stop_tokens=frozenset())
+    if gap:  # no n-gram draft here; one only after the likeliest token: deciding how to fill
+        # the gap on the model's sample (rather than its argmax) would bias the proposals
+        ngram = LookupPart({(best,): Draft([second], [0.9])})
+        model.cfg = ModelDraftConfig(max_draft=2, min_survival=0.0)
+    else:
+        ngram = ScriptedPart([second], [0.3])
+    chained = ChainedDrafter(ngram, model, ask_below=0.5)
+    cfg = GenerateConfig(max_new_tokens=3, max_draft=2, sampling=sampling, stop_tokens=frozenset())
     rng = np.random.default_rng(5)
     counts = np.zeros(len(keys))
     for _ in range(3000):
-        counts[index[tuple(generate(target, prompt, chained, cfg, rng=rng).tokens)]] += 1
-    assert model.steps > 0 and chained.looks.seen
+        counts[index[tuple(generate(target, prompt, chained, cfg, rng=rng).tokens[:2])]] += 1
+    assert model.steps > 0 and (gap or chained.looks.seen)
     assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
 
 
@@ -227,6 +234,33 @@ class ScriptedPart:
         self.updates.append((list(draft.tokens), n_accepted))
 
 
+class LookupPart(ScriptedPart):
+    """An n-gram stand-in whose draft depends on the tokens it continues (`after`)."""
+
+    def __init__(self, drafts: dict[tuple, Draft]) -> None:
+        super().__init__([0], [0.0])
+        self.drafts = drafts
+
+    def draft(self, max_tokens: int, after=()) -> Draft:
+        self.asked += 1
+        return self.drafts.get(tuple(after), Draft()).truncate(max_tokens)
+
+
+def test_chained_fills_a_gap_with_one_model_token_then_ngrams():
+    model = ScriptedPart([7, 8, 9], [0.6, 0.5, 0.5])
+    ngram = LookupPart({(7,): Draft([1, 2], [0.9, 0.9])})  # nothing here, a match after 7
+    chained = ChainedDrafter(ngram, model)
+    draft = chained.draft(4)
+    assert draft.tokens == [7, 1, 2] and model.peeked == 1 and model.asked == 1
+    chained.update(draft, 3, [7, 1, 2, 4])
+    assert model.updates == [([7], 1)] and ngram.updates == [([1, 2], 2)]
+    ngram.drafts = {}  # nothing after the model's token either: the model drafts on alone
+    draft = chained.draft(4)
+    assert draft.tokens == [7, 8, 9]
+    chained.update(draft, 1, [7, 5])
+    assert model.updates[-1] == ([7, 8, 9], 1) and ngram.updates[-1] == ([], 0)
+
+
 @pytest.mark.parametrize("ngram_conf, model_conf, ask_below, looked, winner", [
     (0.3, 0.7, None, 0, "ngram"),  # default: the model only fills an empty n-gram draft
     (0.6, 0.9, 0.5, 0, "ngram"),   # the n-grams are sure enough: the model is not asked
@@ -239,11 +273,19 @@ def test_chained_ask_below_picks_the_likelier_first_token(ngram_conf, model_conf
     chained = ChainedDrafter(ngram, model, ask_below=ask_below)
     draft = chained.draft(1 if looked else 4)  # a one-token budget still looks
     assert model.peeked == looked and model.asked == (winner == "model")
-    assert draft.tokens == ([1, 2, 3] if winner == "ngram" else [7, 8])[: len(draft.tokens)]
-    chained.update(draft, 1, [draft.tokens[0], 9])
-    # only the part whose tokens were verified learns from the outcome
-    mine, other = (ngram, model) if winner == "ngram" else (model, ngram)
-    assert mine.updates == [(draft.tokens, 1)] and other.updates == [([], 0)]
+    if winner == "ngram":
+        assert draft.tokens == [1, 2, 3][: len(draft.tokens)]
+        chained.update(draft, 1, [draft.tokens[0], 9])
+        # only the part whose tokens were verified learns from the outcome
+        assert ngram.updates == [(draft.tokens, 1)] and model.updates == [([], 0)]
+    else:  # the model's one token, then the n-grams after it
+        assert draft.tokens == [7]
+        chained.update(draft, 1, [7, 9])
+        assert model.updates == [([7], 1)] and ngram.updates == [([], 0)]
+        draft = chained.draft(4)
+        assert draft.tokens == [7, 1, 2, 3]
+        chained.update(draft, 2, [7, 1, 5])  # the model's token and one n-gram token held
+        assert model.updates[-1] == ([7], 1) and ngram.updates[-1] == ([1, 2, 3], 1)
 
 
 def test_chained_looks_learn_whom_to_trust():
@@ -256,7 +298,7 @@ def test_chained_looks_learn_whom_to_trust():
     for _ in range(10):  # the target keeps saying 7
         chained.draft(4)
         chained.update(Draft([1, 2, 3], [0.4, 0.9, 0.9]), 0, [7])
-    assert chained.draft(4).tokens == [7, 8]
+    assert chained.draft(4).tokens[0] == 7
     model.proposal = Draft([1, 8], [0.3, 0.5])  # now they agree, and the target says 1
     for _ in range(10):
         chained.draft(4)
