@@ -111,3 +111,19 @@ def test_context_ngrams_ties_go_to_most_recent():
     ctx = ContextNgrams(max_order=3)
     ctx.extend([1, 2, 1, 3])  # after (1,): 2 once, then 3 once -> the later one wins
     assert ctx.lookup([1])[1].tokens[0] == 3
+
+
+def test_draft_after_tokens_continues_them(corpus):
+    """draft(after=t) is what the drafter would say once t were committed (a chained
+    drafter asks this after the model's token), and leaves the context untouched."""
+    from tasc_edge.drafters import NgramDrafter
+
+    table = NgramTable.build(corpus, "h")
+    seq = corpus[0]
+    d = NgramDrafter(table)
+    d.begin(seq[:5])
+    after = d.draft(6, after=seq[5:7])
+    e = NgramDrafter(table)
+    e.begin(seq[:7])
+    assert after.tokens == e.draft(6).tokens and after.tokens
+    assert d.context.tokens == list(seq[:5])
