@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from tasc_edge.errors import TascError, require
 
 
@@ -139,15 +141,20 @@ def distill(drafter, target, sequences: list[list[int]], cfg: DrafterConfig, log
             "threads": torch.get_num_threads()}
 
 
-def top1_agreement(drafter, target, sequences: list[list[int]]) -> float:
-    """Share of positions where the drafter's argmax equals the target's (a sanity figure)."""
+def top1_agreement(drafter, target, sequences: list[list[int]], ids=None) -> float:
+    """Share of positions where the drafter's argmax equals the target's (a sanity figure).
+    With `ids` (the head rows distillation trained) the drafter's argmax is taken over those
+    rows only, as its trimmed heads compute it: the other rows were never trained and, for a
+    shallow drafter, often win a full-vocabulary argmax they will never get to make."""
     torch = require("torch", "export")
+    rows = None if ids is None else torch.as_tensor(np.asarray(ids), dtype=torch.long)
     hit = total = 0
     with torch.no_grad():
         for s in sequences:
-            ids = torch.tensor([s])
-            a = drafter(ids).logits[0].argmax(-1)
-            b = target(ids).logits[0].argmax(-1)
+            tokens = torch.tensor([s])
+            logits = drafter(tokens).logits[0]
+            a = logits.argmax(-1) if rows is None else rows[logits[:, rows].argmax(-1)]
+            b = target(tokens).logits[0].argmax(-1)
             hit += int((a == b).sum())
             total += len(s)
     return hit / max(1, total)

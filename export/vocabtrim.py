@@ -94,9 +94,9 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         stats = {"steps": 0}
         if dcfg.distill_steps > 0:
             stats = distill(drafter, target, seqs, dcfg, log, ids=ids)
-        stats["top1_agreement"] = top1_agreement(drafter, target, seqs[:8])
+        stats["top1_agreement"] = top1_agreement(drafter, target, seqs[:8], ids)
         log(f"drafter agrees with the target's top token on {stats['top1_agreement']:.0%} of "
-            "positions (first 8 calibration sequences)")
+            f"positions (first 8 calibration sequences{'' if ids is None else ', over the distilled rows'})")
         save_drafter(drafter, hf, drafter_dir)
         del target
         state.update({"drafter": key, "distill": stats})

@@ -222,3 +222,22 @@ def test_cli_run_with_the_bundle_drafter(bundle_path, capsys):
     assert main([*base, "--method", "model", "--drafter", "full", "--temperature", "0.8"]) == 0
     assert main([*base, "--method", "model"]) == 2
     assert "--drafter VARIANT" in capsys.readouterr().err
+
+
+def test_top1_agreement_over_the_distilled_rows():
+    """A drafter whose untrained rows win a full-vocabulary argmax still agrees wherever its
+    best *distilled* row is the target's token: that is what its trimmed head computes."""
+    import torch
+    from types import SimpleNamespace
+
+    from tasc_edge.export.drafter import top1_agreement
+
+    target_logits = torch.full((1, 4, 10), -5.0)
+    target_logits[0, torch.arange(4), torch.tensor([2, 3, 2, 5])] = 5.0
+    drafter_logits = target_logits.clone()
+    drafter_logits[0, :, 9] = 50.0  # an untrained row, never kept
+    drafter_logits[0, 3, 5], drafter_logits[0, 3, 3] = 0.0, 1.0  # wrong among the kept at pos 3
+    target = lambda ids: SimpleNamespace(logits=target_logits)  # noqa: E731
+    drafter = lambda ids: SimpleNamespace(logits=drafter_logits)  # noqa: E731
+    assert top1_agreement(drafter, target, [[1, 2, 3, 4]]) == 0.0
+    assert top1_agreement(drafter, target, [[1, 2, 3, 4]], ids=[2, 3, 5]) == 0.75
