@@ -345,6 +345,9 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
                       chrf(text, row.output), first_s=first.seconds, first_n=first.tokens,
                       reused_tokens=getattr(peers[m], "reused_tokens", None) if cfg.prefix_cache_mb > 0 else None)
     backend.prefill([])
+    cold = getattr(drafters.get(m), "cold", None)
+    if cold is not None:  # a model drafter's cache too: model:K and chained:K share one backend
+        cold()
     first = FirstForwardClock()
 
     def on_tokens(new: list[int]) -> bool:

@@ -68,6 +68,12 @@ class ModelDrafter:
         # no prefill here: a chained drafter may never need the model for this prompt
         self.committed = list(prompt)
 
+    def cold(self) -> None:
+        """Forget every cached token, so the next prompt is evaluated from scratch (a bench
+        runs each request cold; the drafter's cache must not keep another method's prompt)."""
+        self.backend.prefill([])
+        self.fed, self._logits = [], None
+
     def update(self, draft: Draft, n_accepted: int, committed: Sequence[int]) -> None:
         judged = min(len(draft.tokens), n_accepted + 1)
         for i in range(judged):
@@ -186,6 +192,9 @@ class ChainedDrafter:
     def begin(self, prompt: Sequence[int]) -> None:
         self.ngram.begin(prompt)
         self.model.begin(prompt)
+
+    def cold(self) -> None:
+        self.model.cold()
 
     def draft(self, max_tokens: int) -> Draft:
         self._looked, self._model_first, self._split = None, False, 0

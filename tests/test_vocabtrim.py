@@ -345,3 +345,21 @@ def test_sampling_with_model_drafts_follows_target(pair, trim):
         drafted += g.stats.drafted
     assert drafted > 0
     assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
+
+
+def test_cold_drafter_evaluates_the_next_prompt_from_scratch(pair):
+    """A bench runs every request cold; without cold() the drafter would reuse the prompt
+    prefix another method (or the previous row) left in its cache."""
+    target, same, _ = pair
+    a, b = prompts(target, 2)
+    assert a[:3] == b[:3]  # the chat template: a prefix every prompt shares
+    drafter = ModelDrafter(same, target.n_vocab, config=ModelDraftConfig(prefill_gap=0))
+    drafter.begin(a)
+    drafter.draft(3)
+    drafter.begin(b)
+    drafter.draft(3)
+    assert same.reused_tokens > 0  # warm: the shared prefix came from the cache
+    drafter.cold()
+    drafter.begin(b)
+    drafter.draft(3)
+    assert same.reused_tokens == 0
