@@ -33,7 +33,6 @@ overhead, which is why the real bench gains less than modelled.
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,15 +59,6 @@ class Tally:
 
     def seconds(self, curve: CostCurve, t_step: float) -> float:
         return self.verify_cost * curve.step_seconds + (self.drafter_steps + self.drafter_cost) * t_step
-
-
-def accepted(draft: list[int], truth: list[int]) -> int:
-    n = 0
-    for a, b in zip(draft, truth):
-        if a != b:
-            break
-        n += 1
-    return n
 
 
 def cut(d: Draft, curve: CostCurve) -> Draft:
@@ -113,7 +103,7 @@ def simulate(prompt: list[int], truth: list[int], ngram: NgramDrafter, model: Mo
             rest = truth[pos:]
             raw = ngram.draft(room)  # what a chained drafter sees, before the loop's cut
             a = cut(raw, curve)
-            na = accepted(a.tokens, rest)
+            na = common_prefix_length(a.tokens, rest)
             chosen, n_acc, steps = a.tokens, na, 0
             judged = (Draft(), 0)  # the model's own draft and how much of it held
             if policy != "ngrams" and room > 0:
@@ -129,11 +119,11 @@ def simulate(prompt: list[int], truth: list[int], ngram: NgramDrafter, model: Mo
                         steps += s
                     c = cut(Draft(b.tokens + more.tokens, b.confidence + more.confidence), curve)
                     chosen = c.tokens
-                    n_acc = accepted(chosen, rest)
+                    n_acc = common_prefix_length(chosen, rest)
                 elif (policy == "chained" or "check<" in policy) and not raw.tokens:
                     b, steps = model_draft(model, room)
                     b = cut(b, curve)
-                    chosen, n_acc = b.tokens, accepted(b.tokens, rest)
+                    chosen, n_acc = b.tokens, common_prefix_length(b.tokens, rest)
                     judged = (b, n_acc)
                 elif "check<" in policy:
                     # below P, look at the model's first token (one forward over the tokens
@@ -158,17 +148,17 @@ def simulate(prompt: list[int], truth: list[int], ngram: NgramDrafter, model: Mo
                             ngram._buckets = saved
                             c = cut(Draft([tok, *b.tokens], [pb, *b.confidence]), curve)
                             chosen = c.tokens
-                            n_acc = accepted(chosen, rest)
+                            n_acc = common_prefix_length(chosen, rest)
                         elif not agree and pb > pa:
                             b, s = model_draft(model, room - 1, after=[tok])
                             c = cut(Draft([tok, *b.tokens], [pb, *b.confidence]), curve)
                             chosen, steps = c.tokens, s
-                            n_acc = accepted(chosen, rest)
+                            n_acc = common_prefix_length(chosen, rest)
                             judged = (b, max(n_acc - 1, 0)) if n_acc >= 1 else (Draft(), 0)
                         else:
                             c = cut(Draft(raw.tokens, [pa, *raw.confidence[1:]]), curve)
                             chosen = c.tokens
-                            n_acc = accepted(chosen, rest)
+                            n_acc = common_prefix_length(chosen, rest)
                 elif policy == "check-all":
                     # one drafter forward over the n-gram draft: the model's view of every
                     # drafted position re-calibrates it; at the first disagreement the
@@ -197,11 +187,11 @@ def simulate(prompt: list[int], truth: list[int], ngram: NgramDrafter, model: Mo
                         break
                     c = cut(Draft(toks, conf), curve)
                     chosen = c.tokens
-                    n_acc = accepted(chosen, rest)
+                    n_acc = common_prefix_length(chosen, rest)
                 elif policy == "oracle-pick":
                     b, s = model_draft(model, room)
                     b = cut(b, curve)
-                    nb = accepted(b.tokens, rest)
+                    nb = common_prefix_length(b.tokens, rest)
                     judged = (b, nb)
                     if nb > na:
                         chosen, n_acc, steps = b.tokens, nb, s
@@ -211,13 +201,13 @@ def simulate(prompt: list[int], truth: list[int], ngram: NgramDrafter, model: Mo
                     conf = [1.0] * na + b.confidence
                     tail = Draft(head + b.tokens, conf).truncate(
                         max(na, best_draft_length(conf, curve)))
-                    nb = accepted(tail.tokens, rest)
+                    nb = common_prefix_length(tail.tokens, rest)
                     judged = (Draft(tail.tokens[na:], tail.confidence[na:]), nb - na)
                     if nb > na:
                         chosen, n_acc, steps = tail.tokens, nb, s
             # both drafters learn as they would from verifying their own drafts
             commit = rest[: n_acc + 1]
-            ngram.update(raw, accepted(raw.tokens, rest), commit)
+            ngram.update(raw, common_prefix_length(raw.tokens, rest), commit)
             model.update(*judged, commit)
             tally.forwards += 1
             tally.tokens += len(commit)
@@ -225,15 +215,6 @@ def simulate(prompt: list[int], truth: list[int], ngram: NgramDrafter, model: Mo
             tally.drafter_steps += steps
             pos += len(commit)
     return res
-
-
-def drafter_step_seconds(model: ModelDrafter, prompt: list[int], n: int = 32) -> float:
-    model.begin(prompt)
-    model.draft(1)
-    t = time.perf_counter()
-    for _ in range(n):
-        model.draft(2)
-    return (time.perf_counter() - t) / (2 * n)
 
 
 def main() -> None:
