@@ -20,6 +20,14 @@ from tiny_gguf import write_tiny_gguf
 llama_backend = pytest.importorskip("tasc_edge.runtime.llama_backend")
 
 
+def two_token_outcomes(target, prompt, sampling):
+    """The target's exact distribution over its next two tokens, its outcomes in a fixed
+    order, and each outcome's index (for counting samples against it)."""
+    joint = exact_two_token_distribution(target, prompt, sampling)
+    keys = sorted(joint)
+    return joint, keys, {k: i for i, k in enumerate(keys)}
+
+
 # -- kept vocabulary ----------------------------------------------------------------------------
 def test_choose_kept_by_top_k_and_coverage_keeps_stop_tokens():
     counts = np.array([0, 50, 30, 10, 5, 5, 0, 0])
@@ -136,9 +144,7 @@ def test_chained_sampling_follows_target(pair, policy):
     target, _, other = pair
     sampling = SamplingConfig(temperature=1.5, top_k=4)
     prompt = prompts(target, 1)[0]
-    joint = exact_two_token_distribution(target, prompt, sampling)
-    keys = sorted(joint)
-    index = {k: i for i, k in enumerate(keys)}
+    joint, keys, index = two_token_outcomes(target, prompt, sampling)
     # an n-gram table from the target's own samples after this prompt: its drafts are often
     # right, so both parts draft and the model's first token competes with the n-grams'
     rng = np.random.default_rng(7)
@@ -186,9 +192,7 @@ def test_chained_pick_does_not_bias_sampling(pair, gap):
     target = pair[0]
     sampling = SamplingConfig(temperature=1.5, top_k=4)
     prompt = prompts(target, 1)[0]
-    joint = exact_two_token_distribution(target, prompt, sampling)
-    keys = sorted(joint)
-    index = {k: i for i, k in enumerate(keys)}
+    joint, keys, index = two_token_outcomes(target, prompt, sampling)
     first = {}
     for (t1, _), p in joint.items():
         first[t1] = first.get(t1, 0.0) + p
@@ -323,9 +327,7 @@ def test_sampling_with_model_drafts_follows_target(pair, trim):
     target, same, other = pair
     sampling = SamplingConfig(temperature=1.5, top_k=4)
     prompt = prompts(target, 1)[0]
-    joint = exact_two_token_distribution(target, prompt, sampling)
-    keys = sorted(joint)
-    index = {k: i for i, k in enumerate(keys)}
+    joint, keys, index = two_token_outcomes(target, prompt, sampling)
     # the unrelated model drafts: its distribution differs from the target's, so acceptance
     # and the residual both matter; trimming zeroes part of q
     ids = np.arange(0, target.n_vocab, 2)
