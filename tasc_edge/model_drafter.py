@@ -234,12 +234,15 @@ class ChainedDrafter:
         the model, and for free); the model drafts on alone only where the n-grams have nothing
         after its argmax `mine` either. Decided on the argmax, never on a sample, so sampling
         stays exact; the model's token itself is its sample (from the peeked logits)."""
-        if max_tokens > 1 and not self.ngram.draft(max_tokens - 1, after=[mine]).tokens:
+        after_mine = self.ngram.draft(max_tokens - 1, after=[mine])
+        if max_tokens > 1 and not after_mine.tokens:
             b = self.model.draft(max_tokens)
             self._split = 0
         else:
             b = self.model.draft(1)
-            rest = self.ngram.draft(max_tokens - 1, after=b.tokens)
+            # greedy (and most samples) draw `mine` itself: its continuation is already there,
+            # and it was the n-grams' last draft, so their calibration bookkeeping matches
+            rest = after_mine if b.tokens == [mine] else self.ngram.draft(max_tokens - 1, after=b.tokens)
             self._model_first = True
             probs = None
             if b.probs is not None:  # n-gram tokens are point masses
