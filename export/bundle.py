@@ -48,6 +48,8 @@ class ExportBundleConfig:
     gguf_quant: str = "q4_0"  # as-is | q4_0 | q4_1 | q8_0 | f16
     tables: ExportTablesConfig = field(default_factory=lambda: ExportTablesConfig(task="", out=""))
     drafter: DrafterConfig | None = None  # VocabTrim drafters (ONNX, or GGUF for Llama-family models)
+    hidden_head: int = 0  # K > 0: a hidden-state head over the top K ids (GGUF bundles)
+    hidden_head_steps: int = 3000
 
 
 def export_bundle(cfg: ExportBundleConfig, log=print) -> list[Path]:
@@ -144,6 +146,18 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
                 cfg.drafter, quant, state, lambda st: _write_state(work, st), log, fmt)
             files += drafter_files
             timings["drafters_s"] = time.perf_counter() - t
+        if cfg.hidden_head:
+            if fmt != "gguf":
+                raise TascError("--hidden-head needs a GGUF bundle: it reads llama.cpp's hidden states")
+            from tasc_edge.export.hidden_head import HeadTrainConfig, export_hidden_head
+
+            t = time.perf_counter()
+            heads, head_files = export_hidden_head(
+                out, work, backend, cfg.tasks, cfg.tables, cfg.hidden_head,
+                HeadTrainConfig(steps=cfg.hidden_head_steps), state, lambda st: _write_state(work, st), log)
+            drafters.update(heads)
+            files += head_files
+            timings["hidden_head_s"] = time.perf_counter() - t
         tokenizer_hash = backend.tokenizer_hash
     finally:
         backend.close()

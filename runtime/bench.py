@@ -55,7 +55,7 @@ from tasc_edge.ngram import NgramTable
 from tasc_edge.predict import measure_bandwidth
 from tasc_edge.prefix_cache import PrefixCache
 from tasc_edge.runtime.llama_backend import KV_TYPES, LlamaCppBackend
-from tasc_edge.model_drafter import ChainedDrafter, ModelDrafter
+from tasc_edge.model_drafter import ChainedDrafter
 from tasc_edge.runtime.bundle import load_table, open_drafter, open_target
 from tasc_edge.metrics import chrf, exact_match
 from tasc_edge.runtime.memory import RssSampler
@@ -345,6 +345,8 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
                       chrf(text, row.output), first_s=first.seconds, first_n=first.tokens,
                       reused_tokens=getattr(peers[m], "reused_tokens", None) if cfg.prefix_cache_mb > 0 else None)
     backend.prefill([])
+    # only a hidden-state drafter pays for llama.cpp's hidden-state output
+    backend.keep_hidden = getattr(getattr(drafters.get(m), "model", drafters.get(m)), "needs_hidden", False)
     cold = getattr(drafters.get(m), "cold", None)
     if cold is not None:  # a model drafter's cache too: model:K and chained:K share one backend
         cold()
@@ -445,8 +447,7 @@ def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bu
 
     for m in methods:  # fresh per dataset (calibration starts over), sharing the loaded model
         if drafter_variant(m) is not None:
-            base = model_drafters[m]
-            model = ModelDrafter(base.backend, base.n_vocab, base.kept, config=base.cfg)
+            model = model_drafters[m].fresh()
             drafters[m] = model if m.startswith("model:") else ChainedDrafter(
                 make_drafter("tasc-spec", exported()), model, ask_below=cfg.chain_ask_below)
     if "pld" in methods:

@@ -157,6 +157,13 @@ def open_drafter(bundle: Bundle, variant: str, target, sampling=None, seed: int 
                         f"{', '.join(drafter_variants(bundle)) or 'none'}; export with --drafter-layers)")
     folder = bundle.path / entry["dir"]
     kept = KeptVocab.load(folder / "kept.npz", target.tokenizer_hash) if entry.get("k") else None
+    if entry.get("kind") == "hidden-head":  # no model of its own: it reads the target's states
+        from tasc_edge.hidden_head import HiddenHead, HiddenHeadDrafter
+
+        if not hasattr(target, "keep_hidden"):
+            raise TascError(f"drafter {variant!r} reads llama.cpp hidden states; this target backend has none")
+        return HiddenHeadDrafter(target, HiddenHead.load(folder / "head.npz", kept), target.n_vocab,
+                                 sampling, seed)
     placeholder_vocab = bundle.format == "gguf" and kept is not None
     if bundle.format == "gguf":
         from tasc_edge.runtime.llama_backend import LlamaCppBackend

@@ -152,6 +152,13 @@ class LlamaCppBackend:
         self._batch = self._lib.llama_batch_init(n_batch, 0 if input_embeddings is None else self.llm.n_embd(), 1)
         self.stop_tokens, self.tokenizer_hash = self._scan_vocab()
         self.prefix_cache: PrefixCache | None = None  # attach one to reuse earlier prompts
+        self.n_embd = self.llm.n_embd()
+        # keep_hidden: forward() also keeps each row's final hidden state in `hidden` (a
+        # HiddenHeadDrafter reads it). Off during prefill: llama.cpp would then output every
+        # prompt row, logits included.
+        self.keep_hidden = False
+        self.hidden: np.ndarray | None = None
+        self._embeddings_on = False
 
     def close(self) -> None:
         if self._batch is not None:
@@ -176,6 +183,8 @@ class LlamaCppBackend:
         self._lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
         self.n_past, self.reused_tokens = keep, keep
         del self._cached[keep:]
+        self._set_embeddings(False)
+        self.hidden = None
         for i in range(keep, len(tokens), self.n_batch):
             self._decode(tokens[i : i + self.n_batch], all_logits=False)
         if self.prefix_cache is not None and (hit is None or hit.tokens < len(tokens)) \
@@ -188,9 +197,18 @@ class LlamaCppBackend:
             raise ValueError("forward needs at least one token")
         if len(tokens) > self.n_batch:
             raise TascError(f"forward over {len(tokens)} tokens exceeds n_batch={self.n_batch}")
+        self._set_embeddings(self.keep_hidden)
         self._decode(tokens, all_logits=True)
+        if self.keep_hidden:
+            ptr = self._lib.llama_get_embeddings(self._ctx)
+            self.hidden = np.ctypeslib.as_array(ptr, shape=(len(tokens), self.n_embd)).copy()
         ptr = self._lib.llama_get_logits(self._ctx)
         return np.ctypeslib.as_array(ptr, shape=(len(tokens), self.n_vocab)).copy()
+
+    def _set_embeddings(self, on: bool) -> None:
+        if on != self._embeddings_on:
+            self._lib.llama_set_embeddings(self._ctx, on)
+            self._embeddings_on = on
 
     def rollback(self, n: int) -> None:
         if n > 0:

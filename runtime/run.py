@@ -172,6 +172,8 @@ def run_task(cfg: RunConfig, log=print) -> RunSummary:
                 return generate(backend, prompt, drafter, gen_cfg, cost, rng)
 
             def run_plain() -> Generation:
+                # plain decoding does not pay for hidden-state output a head drafter switched on
+                backend.keep_hidden = False
                 return generate(backend, prompt, None, gen_cfg, None, plain_rng)
 
             if cfg.compare and cfg.method != "plain":

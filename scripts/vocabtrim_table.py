@@ -37,7 +37,9 @@ def main() -> None:
     report = json.loads((path / "bench.json" if path.is_dir() else path).read_text())
     res = {(r["dataset"], r["method"]): r for r in report["results"]}
     methods = report["config"]["methods"]
-    trimmed = sorted((m for m in methods if m.startswith("model:k")), key=lambda m: int(m[7:].split("-")[0]))
+    # model:k<K> (self-drafters) and model:head-k<K> (hidden-state heads)
+    trimmed = sorted((m for m in methods if m.startswith(("model:k", "model:head-k"))),
+                     key=lambda m: (m.startswith("model:head"), int(m.split("k")[-1].split("-")[0])))
     chained = next((m for m in methods if m.startswith("chained:")), None)
     times: dict[str, dict] = {}
     for row in report["rows"]:

@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     vt.add_argument("--distill-max-len", type=int, default=768,
                     help="tokens per distillation sequence (big vocabularies: fewer, to bound memory)")
     vt.add_argument("--no-untrimmed", action="store_true", help="skip the full-head drafter")
+    vt.add_argument("--hidden-head", type=int, default=0, metavar="K",
+                    help="GGUF bundles: also train a hidden-state head over the top K emitted ids "
+                         "(drafter variant head-k<K>; it reads the target's own last hidden state)")
+    vt.add_argument("--hidden-head-steps", type=int, default=3000)
     _add_model_args(exp)
     _add_ft_parser(sub)
     srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server on 127.0.0.1 (serve extra)")
@@ -331,7 +335,8 @@ def _export(args: argparse.Namespace) -> int:
                                 distill_vocab=args.distill_vocab, max_len=args.distill_max_len)
     bundle = ExportBundleConfig(tasks=[t for t in args.task.split(",") if t], out=args.out,
                                 model=args.model, format=args.format, onnx_quant=args.onnx_quant,
-                                gguf_quant=args.quant, tables=cfg, drafter=drafter)
+                                gguf_quant=args.quant, tables=cfg, drafter=drafter,
+                                hidden_head=args.hidden_head, hidden_head_steps=args.hidden_head_steps)
     for out in export_bundle(bundle):
         print(f"bundle written: {out}")
     return 0

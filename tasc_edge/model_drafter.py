@@ -60,6 +60,10 @@ class ModelDrafter:
         self.steps = 0  # drafter forwards (each reads the drafter's weights once), for MBSU
         self._buckets: list[tuple] = []
 
+    def fresh(self) -> "ModelDrafter":
+        """A new drafter (its own calibration, same settings) sharing this one's backend."""
+        return ModelDrafter(self.backend, self.n_vocab, self.kept, self.sampling, config=self.cfg)
+
     def close(self) -> None:
         close = getattr(self.backend, "close", None)
         if close is not None:
@@ -174,12 +178,15 @@ class ChainedDrafter:
     first token, so both estimates learn from every look. Every choice uses the model's
     argmax, never its sample, so sampling stays exact.
     `sure` > 0 keeps only the n-gram prefix at least that confident and lets the model
-    continue from there."""
+    continue from there. A model with `free_look` (the hidden-state head: no cache to sync)
+    is looked at on every step unless told otherwise."""
 
     def __init__(self, ngram: NgramDrafter, model: ModelDrafter, sure: float | None = None,
                  ask_below: float | None = None) -> None:
         if sure is not None and ask_below is not None:
             raise TascError("a chained drafter takes `sure` or `ask_below`, not both")
+        if ask_below is None and sure is None and getattr(model, "free_look", False):
+            ask_below = float("inf")  # a look that reads no drafter cache is worth taking always
         self.ngram, self.model, self.sure, self.ask_below = ngram, model, sure, ask_below
         self.looks = AcceptanceCalibrator(prior_strength=4.0)  # P(first token right | look)
         self._split = 0  # tokens of the last draft that came from the n-grams
@@ -210,7 +217,8 @@ class ChainedDrafter:
         self._split = len(a.tokens)
         if self.sure is None:
             if not a.tokens:  # the n-grams have nothing here
-                return self._fill(max_tokens, self.model.peek()[0])
+                mine = self.model.peek()[0]
+                return self._fill(max_tokens, mine) if mine >= 0 else a
             if self.ask_below is None or a.confidence[0] >= self.ask_below:
                 return a
             return self._look(a, max_tokens)
@@ -220,6 +228,8 @@ class ChainedDrafter:
 
     def _look(self, a: Draft, max_tokens: int) -> Draft:
         mine, p = self.model.peek()
+        if mine < 0:  # a model that cannot say anything here (a hidden head before its first state)
+            return a
         agree = mine == a.tokens[0]
         key_a, key_b = ("ngram", agree, _decile(a.confidence[0])), ("model", agree, _decile(p))
         pa = self.looks.estimate(key_a, prior=a.confidence[0])

@@ -1,0 +1,223 @@
+"""Train a hidden-state head (tasc_edge/hidden_head.py) for a GGUF target, from its own outputs.
+
+Data: the target's greedy generations on train prompts (the ones the n-gram tables were built
+from, `<table>.generated.jsonl`), teacher-forced through the bundle's own llama.cpp target with
+hidden states on, so the head learns on exactly the states it will see on the device (same
+quantization, same kernels). Each generated position gives one example: (hidden state of the
+row that produced token x, x) -> the token after x. Labels outside the kept ids are dropped.
+
+Training is a few thousand Adam steps of a ~2.6 M-parameter MLP on CPU (minutes); under
+torchrun/accelerate the same function runs data-parallel if the caller wraps the module, but
+at this size one core is enough.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tasc_edge.errors import TascError
+from tasc_edge.hidden_head import HiddenHead, rms_normalise
+from tasc_edge.vocab_trim import KeptVocab
+
+
+@dataclass(frozen=True)
+class HeadTrainConfig:
+    d_ff: int = 512
+    steps: int = 3000
+    batch: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    holdout: float = 0.1  # share of sequences kept out to report accuracy
+    seed: int = 0
+
+
+@dataclass
+class HeadExamples:
+    hidden: np.ndarray  # [N, d] float32
+    token: np.ndarray  # [N] the token each hidden row produced (the committed one)
+    label: np.ndarray  # [N] the token after it
+    sequence: np.ndarray  # [N] which sequence each example came from (for the holdout split)
+
+
+def collect_examples(backend, pairs: Sequence[tuple[list[int], list[int]]], log=print) -> HeadExamples:
+    """Teacher-force each (prompt, generation) through `backend` (a LlamaCppBackend) and keep
+    the final hidden state of every generated row."""
+    hs, xs, ys, seq_ids = [], [], [], []
+    start = time.perf_counter()
+    backend.keep_hidden = True
+    try:
+        for i, (prompt, gen) in enumerate(pairs):
+            if len(gen) < 2:
+                continue
+            inputs = [prompt[-1], *gen[:-1]]  # row r's logits predict gen[r]
+            if len(prompt) + len(inputs) > backend.n_ctx:
+                continue
+            backend.prefill(prompt[:-1])
+            rows = []
+            for j in range(0, len(inputs), backend.n_batch):
+                backend.forward(inputs[j : j + backend.n_batch])
+                rows.append(backend.hidden)
+            h = np.concatenate(rows)
+            hs.append(h[:-1])  # row r produced gen[r]; the token after it is gen[r + 1]
+            xs.append(np.asarray(gen[:-1]))
+            ys.append(np.asarray(gen[1:]))
+            seq_ids.append(np.full(len(gen) - 1, i))
+            if (i + 1) % 50 == 0:
+                log(f"hidden states: {i + 1}/{len(pairs)} sequences ({time.perf_counter() - start:.0f} s)")
+    finally:
+        backend.keep_hidden = False
+    if not hs:
+        raise TascError("no generated sequences of two or more tokens to train a hidden head on")
+    return HeadExamples(np.concatenate(hs).astype(np.float32), np.concatenate(xs),
+                        np.concatenate(ys), np.concatenate(seq_ids))
+
+
+def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_rows: np.ndarray,
+               cfg: HeadTrainConfig, log=print) -> tuple[HiddenHead, dict]:
+    """head_rows [K, d]: the target's output-head rows of the kept ids (the start for w_out);
+    embed_rows [K, d]: their input embeddings (the start for the token input)."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    local = kept.to_local()
+    y = local[ex.label]
+    keep = y >= 0
+    x_local = local[ex.token]
+    x_local = np.where(x_local >= 0, x_local, kept.k)  # the extra "any other id" row
+    rng = np.random.default_rng(cfg.seed)
+    seqs = np.unique(ex.sequence)
+    held = rng.choice(seqs, size=max(1, int(len(seqs) * cfg.holdout)), replace=False) if cfg.holdout > 0 else []
+    test = np.isin(ex.sequence, held) & keep
+    train = ~np.isin(ex.sequence, held) & keep
+    if train.sum() < cfg.batch:
+        raise TascError(f"only {int(train.sum())} training examples for the hidden head; generate more "
+                        "(--train-limit) or lower the batch")
+    d = head_rows.shape[1]
+    h_all = torch.from_numpy(rms_normalise(ex.hidden))
+    x_all, y_all = torch.from_numpy(x_local), torch.from_numpy(y)
+    embed0 = np.vstack([rms_normalise(embed_rows), np.zeros((1, d), np.float32)])
+    # w_out starts as the target's own head on normalised states, scaled to its logit range
+    scale = float(np.median(np.linalg.norm(ex.hidden, axis=1)) / np.sqrt(d))
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Parameter(torch.from_numpy(embed0.astype(np.float32)))
+            self.inp = torch.nn.Linear(2 * d, cfg.d_ff)
+            self.mix = torch.nn.Linear(cfg.d_ff, d, bias=False)
+            torch.nn.init.zeros_(self.mix.weight)  # starts as the target's head on h itself
+            self.out = torch.nn.Parameter(torch.from_numpy((head_rows * scale).astype(np.float32)))
+
+        def forward(self, h, x):
+            z = torch.nn.functional.silu(self.inp(torch.cat([h, self.embed[x]], dim=-1)))
+            return (h + self.mix(z)) @ self.out.T
+
+    net = Net()
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    idx = np.flatnonzero(train)
+    start = time.perf_counter()
+
+    def accuracy(mask: np.ndarray) -> float:
+        if not mask.any():
+            return float("nan")
+        with torch.no_grad():
+            sel = torch.from_numpy(np.flatnonzero(mask))
+            pred = net(h_all[sel], x_all[sel]).argmax(-1)
+            return float((pred == y_all[sel]).float().mean())
+
+    acc0 = accuracy(test)
+    for step in range(cfg.steps):
+        sel = torch.from_numpy(rng.choice(idx, size=cfg.batch))
+        loss = torch.nn.functional.cross_entropy(net(h_all[sel], x_all[sel]), y_all[sel])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % 500 == 0 or step + 1 == cfg.steps:
+            log(f"hidden head step {step + 1}/{cfg.steps}: loss {loss.item():.3f}")
+    stats = {"examples": int(train.sum()), "holdout_examples": int(test.sum()),
+             "dropped_outside_kept": int((~keep).sum()), "train_s": round(time.perf_counter() - start, 1),
+             "holdout_top1_before": acc0, "holdout_top1": accuracy(test), "train_top1": accuracy(train)}
+    log(f"hidden head: holdout top-1 {stats['holdout_top1_before']:.3f} -> {stats['holdout_top1']:.3f} "
+        f"({stats['holdout_examples']} examples), {stats['train_s']} s")
+    w = {n: p.detach().numpy().astype(np.float32) for n, p in net.named_parameters()}
+    head = HiddenHead(kept, w["inp.weight"], w["inp.bias"], w["mix.weight"], w["embed"], w["out"])
+    return head, stats
+
+
+def gguf_rows(path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(output-head rows, input-embedding rows) of `ids` from a GGUF file, dequantized; the
+    head is token_embd itself when the file has no output tensor (tied embeddings)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    tensors = {t.name: t for t in GGUFReader(str(path)).tensors}
+
+    def rows(name: str) -> np.ndarray:
+        t = tensors[name]
+        full = dequantize(t.data, t.tensor_type).reshape(-1, int(t.shape[0]))
+        return np.ascontiguousarray(full[ids], dtype=np.float32)
+
+    embed = rows("token_embd.weight")
+    head = rows("output.weight") if "output.weight" in tensors else embed
+    return head, embed
+
+
+def export_hidden_head(out: Path, work: Path, backend, tasks: list[str], tables_cfg, top_k: int,
+                       hcfg: HeadTrainConfig, state: dict, save_state, log) -> tuple[dict, list[dict]]:
+    """(manifest["drafters"] entries, file entries) for drafter/head-k<K> of a GGUF bundle."""
+    from tasc_edge.export.tables import _read_generated, generated_corpus
+    from tasc_edge.ngram import NgramTable
+    from tasc_edge.runtime.bundle import file_entry
+    from tasc_edge.tasks import load_task, task_sequences
+    from tasc_edge.vocab_trim import choose_kept, token_counts
+
+    end = backend.end_of_turn()
+    pairs = []
+    for task in tasks:
+        name = Path(task).name.removesuffix(".jsonl") or "task"
+        loaded = load_task(task)
+        rows = loaded.train[: tables_cfg.train_limit] if tables_cfg.train_limit else loaded.train
+        table_path = work / f"{name}.npz"
+        ref = task_sequences([r.output for r in loaded.train if r.output.strip()], backend.tokenize, end)
+        generated_corpus(backend, rows, NgramTable.build(ref, backend.tokenizer_hash, tables_cfg.max_order),
+                         tables_cfg, table_path, log)  # a no-op when the tables step made them
+        gens = _read_generated(table_path.with_name(table_path.name + ".generated.jsonl"),
+                               backend.tokenizer_hash)
+        pairs += [(backend.chat_prompt(r.prompt), gens[r.id]) for r in rows if r.id in gens]
+    variant = f"head-k{top_k}"
+    folder = out / "drafter" / variant
+    key = f"{state.get('model')}|{len(pairs)}|{top_k}|{hcfg}"
+    if state.get(f"drafter:{variant}") != key or not (folder / "head.npz").is_file():
+        kept = choose_kept(token_counts([g for _, g in pairs], backend.n_vocab), backend.tokenizer_hash,
+                           "target", top_k=top_k, always={*backend.stop_tokens, end})
+        t = time.perf_counter()
+        ex = collect_examples(backend, pairs, log)
+        collect_s = time.perf_counter() - t
+        head_rows, embed_rows = gguf_rows(out / "model.gguf", kept.ids)
+        head, stats = train_head(ex, kept, head_rows, embed_rows, hcfg, log)
+        stats["collect_s"] = round(collect_s, 1)
+        folder.mkdir(parents=True, exist_ok=True)
+        head.save(folder / "head.npz")
+        kept.save(folder / "kept.npz")
+        state.update({f"drafter:{variant}": key, f"train:{variant}": stats})
+        save_state(state)
+    kept = KeptVocab.load(folder / "kept.npz", backend.tokenizer_hash)
+    head_bytes = HiddenHead.load(folder / "head.npz", kept).step_bytes()
+    from tasc_edge.export.gguf_drafter import gguf_step_bytes
+
+    target_bytes = gguf_step_bytes(out / "model.gguf")
+    entry = {"kind": "hidden-head", "dir": f"drafter/{variant}", "k": kept.k, "coverage": kept.coverage,
+             "calib": kept.calib, "calib_tokens": kept.calib_tokens, "layers": 0,
+             "step_bytes": head_bytes, "target_step_bytes": target_bytes, "c": head_bytes / target_bytes,
+             "train": state.get(f"train:{variant}")}
+    log(f"hidden head {variant}: K={kept.k}, coverage {kept.coverage:.3f}, {head_bytes / 1e6:.1f} MB "
+        f"per step (fp32), c = {entry['c']:.4f}")
+    files = [file_entry(out, f, f"hidden-state head {variant}") for f in sorted(folder.iterdir()) if f.is_file()]
+    return {variant: entry}, files

@@ -1,0 +1,182 @@
+"""A drafter that reads the target's own last hidden state: no drafter KV cache to keep in step.
+
+Why: a self-drafter (the target's first layers, a trimmed head) must feed every committed
+token through its own layers before it can say anything, ~0.3-0.6 ms per token on 2 cores;
+chained behind the n-grams that cost ate the few percent its better first tokens won
+(docs/results/chained-look). The target's verify forward already computes the final hidden
+state h of the row that produced the newest committed token x. A small head on (h, x) -
+Medusa's idea, with EAGLE's "also look at the token just chosen" - predicts the token after
+x with a handful of matrix-vector products over the VocabTrim kept ids (~0.1 ms), so a
+chained drafter can look at every step for free.
+
+    z      = silu(w_in @ [rms(h), embed[x]] + b_in)
+    u      = rms(h) + w_mix @ z
+    logits = w_out @ u                       (K rows: the kept ids)
+
+One token per draft: the head has no hidden state for the token it proposes, so it cannot go
+on (the n-gram drafter continues after it in `ChainedDrafter`). Exactness is the loop's: the
+proposal depends only on committed tokens, so greedy verification and rejection sampling
+(the head's distribution over the kept ids, zero elsewhere) stay exact.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tasc_edge.decode import Draft
+from tasc_edge.drafters import AcceptanceCalibrator
+from tasc_edge.errors import TascError
+from tasc_edge.files import atomic_write_bytes
+from tasc_edge.verify import SamplingConfig, sample, target_probs
+from tasc_edge.vocab_trim import KeptVocab
+
+FORMAT_VERSION = 1
+
+
+def rms_normalise(h: np.ndarray) -> np.ndarray:
+    return h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + 1e-6)
+
+
+@dataclass
+class HiddenHead:
+    kept: KeptVocab
+    w_in: np.ndarray  # [d_ff, 2 * d]
+    b_in: np.ndarray  # [d_ff]
+    w_mix: np.ndarray  # [d, d_ff]
+    embed: np.ndarray  # [K + 1, d]: kept ids' input rows; the last row stands for any other id
+    w_out: np.ndarray  # [K, d]
+
+    @property
+    def width(self) -> int:
+        return self.w_out.shape[1]
+
+    def logits(self, hidden: np.ndarray, token: int) -> np.ndarray:
+        """Logits over the kept ids for the token after `token`, given the target's final
+        hidden state at the row that produced `token`."""
+        local = self._local[token] if 0 <= token < len(self._local) else -1
+        e = self.embed[local if local >= 0 else -1]
+        h = rms_normalise(np.asarray(hidden, dtype=np.float32))
+        # einsum, not BLAS: multi-threaded BLAS between two llama.cpp forwards fights its
+        # spinning OpenMP threads (head 4 ms instead of 0.6, the next forward 60% slower)
+        x = np.einsum("ij,j->i", self.w_in, np.concatenate([h, e])) + self.b_in
+        z = x / (1.0 + np.exp(-x))
+        return np.einsum("ij,j->i", self.w_out, h + np.einsum("ij,j->i", self.w_mix, z))
+
+    def __post_init__(self) -> None:
+        d = self.w_out.shape[1]
+        if self.w_out.shape[0] != self.kept.k or self.embed.shape != (self.kept.k + 1, d) \
+                or self.w_in.shape[1] != 2 * d or self.w_mix.shape != (d, self.w_in.shape[0]):
+            raise TascError("hidden head: weight shapes do not fit together (a damaged file?)")
+        self._local = self.kept.to_local()
+
+    def step_bytes(self) -> int:
+        """Bytes one evaluation reads: every matrix, but a single input-embedding row."""
+        return sum(a.nbytes for a in (self.w_in, self.b_in, self.w_mix, self.w_out)) + self.embed[0].nbytes
+
+    def save(self, path: str | Path) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, format_version=np.array(FORMAT_VERSION), w_in=self.w_in, b_in=self.b_in,
+                 w_mix=self.w_mix, embed=self.embed, w_out=self.w_out)
+        atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path, kept: KeptVocab) -> "HiddenHead":
+        with np.load(path, allow_pickle=False) as z:
+            if int(z["format_version"]) != FORMAT_VERSION:
+                raise TascError(f"{path}: hidden head format {int(z['format_version'])}, "
+                                f"this version reads {FORMAT_VERSION}; re-export")
+            return cls(kept, *(z[k].astype(np.float32) for k in ("w_in", "b_in", "w_mix", "embed", "w_out")))
+
+
+class HiddenHeadDrafter:
+    """Drafts one token from the target backend's last hidden states (`target.hidden`, rows of
+    its last forward, kept when `target.keep_hidden` is set). Same interface as ModelDrafter
+    (begin / draft / peek / update / cold / steps), so ChainedDrafter can use it as its model."""
+
+    needs_hidden = True  # the bench and run switch llama.cpp's hidden-state output on for it
+    free_look = True  # peek() costs one head evaluation, no drafter forward: ChainedDrafter looks always
+
+    def __init__(self, target, head: HiddenHead, n_vocab: int, sampling: SamplingConfig | None = None,
+                 seed: int = 0, prior_strength: float = 4.0) -> None:
+        width = getattr(target, "n_embd", head.width)
+        if width != head.width:
+            raise TascError(f"the hidden head reads states of width {head.width}, the target's "
+                            f"are {width}; it was trained for another model")
+        if head.kept.n_vocab > n_vocab:
+            raise TascError(f"kept ids index a vocabulary of {head.kept.n_vocab}, the target has {n_vocab}")
+        self.target, self.head, self.n_vocab, self.kept = target, head, n_vocab, head.kept
+        self.sampling = sampling or SamplingConfig()
+        self.rng = np.random.default_rng(seed)
+        self.calibrator = AcceptanceCalibrator(prior_strength)
+        self.steps = 0  # head evaluations (they read the head's weights, not the target's)
+        self._state: tuple[np.ndarray, int] | None = None  # (hidden row, the token it produced)
+        self._probs: np.ndarray | None = None
+        self._buckets: list[tuple] = []
+
+    def fresh(self) -> "HiddenHeadDrafter":
+        return HiddenHeadDrafter(self.target, self.head, self.n_vocab, self.sampling,
+                                 prior_strength=self.calibrator.prior_strength)
+
+    def close(self) -> None:
+        pass
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        # the prefill computes no hidden rows (llama.cpp would then compute every prompt row's
+        # logits too): the first draft of a request comes from the n-grams alone
+        self.target.keep_hidden = True
+        self._state, self._probs = None, None
+
+    def cold(self) -> None:
+        self._state, self._probs = None, None
+
+    def update(self, draft: Draft, n_accepted: int, committed: Sequence[int]) -> None:
+        judged = min(len(draft.tokens), n_accepted + 1)
+        for i in range(min(judged, len(self._buckets))):
+            self.calibrator.observe(self._buckets[i], accepted=i < n_accepted)
+        # the verify forward's row len(committed) - 1 produced committed[-1] (n_accepted may be
+        # a chained drafter's count for this part of the draft only, so it is not used here)
+        hidden, row = getattr(self.target, "hidden", None), len(committed) - 1
+        ok = hidden is not None and 0 <= row < len(hidden)
+        self._state = (hidden[row], int(committed[-1])) if ok else None
+        self._probs = None
+
+    def peek(self) -> tuple[int, float]:
+        """The head's argmax after the committed sequence and its probability; (-1, 0) when it
+        has no hidden state (first step of a request)."""
+        p = self._distribution()
+        if p is None:
+            return -1, 0.0
+        local = int(np.argmax(p))
+        return self.kept.to_target(local), float(p[local])
+
+    def draft(self, max_tokens: int, after: Sequence[int] = ()) -> Draft:
+        self._buckets = []
+        p = self._distribution()
+        if max_tokens <= 0 or after or p is None:
+            return Draft()  # nothing known past the committed sequence
+        local = int(np.argmax(p)) if self.sampling.greedy else sample(p, self.rng)
+        bucket = (min(int(p[local] * 10), 9),)
+        self._buckets = [bucket]
+        out = Draft([self.kept.to_target(local)], [self.calibrator.estimate(bucket, prior=float(p[local]))])
+        if not self.sampling.greedy:
+            out.probs = np.zeros((1, self.n_vocab))
+            out.probs[0, self.kept.ids] = p
+        return out
+
+    def _distribution(self) -> np.ndarray | None:
+        if self._state is None:
+            return None
+        if self._probs is None:
+            logits = self.head.logits(*self._state).astype(np.float64)
+            self.steps += 1
+            if self.sampling.greedy:
+                e = np.exp(logits - logits.max())
+                self._probs = e / e.sum()
+            else:
+                self._probs = target_probs(logits, self.sampling)
+        return self._probs

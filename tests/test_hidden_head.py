@@ -1,0 +1,178 @@
+"""The hidden-state head drafter (tasc_edge/hidden_head.py) on real llama.cpp tiny models:
+it reads the right row of the target's verify forward, output stays exactly plain greedy
+(alone and chained), sampling follows the target, training on a tiny bundle learns, and a
+head made for another model is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from stats import chi_square_pvalue  # noqa: E402
+from tasc_edge.decode import GenerateConfig, generate  # noqa: E402
+from tasc_edge.drafters import NgramDrafter  # noqa: E402
+from tasc_edge.errors import TascError  # noqa: E402
+from tasc_edge.hidden_head import HiddenHead, HiddenHeadDrafter  # noqa: E402
+from tasc_edge.model_drafter import ChainedDrafter  # noqa: E402
+from tasc_edge.ngram import NgramTable  # noqa: E402
+from tasc_edge.runtime import llama_backend  # noqa: E402
+from tasc_edge.verify import SamplingConfig  # noqa: E402
+from tasc_edge.vocab_trim import choose_kept, token_counts  # noqa: E402
+from test_decode_llama import prompts  # noqa: E402
+from test_vocabtrim import two_token_outcomes  # noqa: E402
+from tiny_gguf import write_tiny_gguf  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    path = write_tiny_gguf(tmp_path_factory.mktemp("hh") / "t.gguf", seed=3)
+    with llama_backend.LlamaCppBackend(path, n_ctx=256, n_threads=2) as b:
+        b.path = path
+        yield b
+
+
+def refs(target, n=6):
+    cfg = GenerateConfig(max_new_tokens=40, max_draft=8, stop_tokens=target.stop_tokens)
+    ps = prompts(target, n)
+    return cfg, ps, [generate(target, p, None, cfg).tokens for p in ps]
+
+
+def mirror_head(target, kept) -> HiddenHead:
+    """A head that gives back the target's own prediction from the hidden state it is handed
+    (w_mix = 0, w_out = the target's head rows): fed the right row, it names the token that
+    row produced, so it checks which row the drafter reads."""
+    from tasc_edge.export.hidden_head import gguf_rows
+
+    head_rows, embed_rows = gguf_rows(target.path, kept.ids)
+    d, k = head_rows.shape[1], kept.k
+    return HiddenHead(kept, np.zeros((8, 2 * d), np.float32), np.zeros(8, np.float32),
+                      np.zeros((d, 8), np.float32), np.zeros((k + 1, d), np.float32), head_rows)
+
+
+def all_ids(target):
+    counts = np.ones(target.n_vocab, dtype=np.int64)
+    return choose_kept(counts, target.tokenizer_hash, "target", top_k=target.n_vocab)
+
+
+def test_hidden_head_reads_the_row_that_produced_the_newest_token(target):
+    pytest.importorskip("gguf")
+    drafter = HiddenHeadDrafter(target, mirror_head(target, all_ids(target)), target.n_vocab)
+    cfg, ps, outs = refs(target, 3)
+    seen = hits = 0
+
+    class Spy(HiddenHeadDrafter):
+        def update(self, draft, n_accepted, committed):
+            nonlocal seen, hits
+            super().update(draft, n_accepted, committed)
+            seen += 1
+            hits += self.peek()[0] == committed[-1]
+
+    spy = Spy(target, drafter.head, target.n_vocab)
+    table = NgramTable.build([o for o in outs if len(o) >= 2], target.tokenizer_hash)
+    for p, ref in zip(ps, outs):  # n-grams make multi-token verify rows, so the row index matters
+        assert generate(target, p, ChainedDrafter(NgramDrafter(table), spy), cfg).tokens == ref
+    assert seen > 20 and hits >= 0.9 * seen  # fp32 head vs llama.cpp's Q8_0 head: rare near-ties
+    assert not target.keep_hidden or target.hidden is not None
+
+
+def test_hidden_head_drafts_stay_exact_alone_and_chained(target):
+    cfg, ps, outs = refs(target)
+    kept = choose_kept(token_counts(outs, target.n_vocab), target.tokenizer_hash, "target",
+                       coverage=1.0, always=target.stop_tokens)
+    rng = np.random.default_rng(0)
+    d = target.n_embd
+    head = HiddenHead(kept, rng.standard_normal((16, 2 * d), dtype=np.float32),
+                      np.zeros(16, np.float32), rng.standard_normal((d, 16), dtype=np.float32) * 0.1,
+                      rng.standard_normal((kept.k + 1, d), dtype=np.float32),
+                      rng.standard_normal((kept.k, d), dtype=np.float32))
+    table = NgramTable.build([o for o in outs[:3] if len(o) >= 2], target.tokenizer_hash)
+    for make in (lambda: HiddenHeadDrafter(target, head, target.n_vocab),
+                 lambda: ChainedDrafter(NgramDrafter(table), HiddenHeadDrafter(target, head, target.n_vocab),
+                                        ask_below=1.0)):
+        drafter, drafted = make(), 0
+        for p, ref in zip(ps, outs):
+            g = generate(target, p, drafter, cfg)
+            assert g.tokens == ref
+            drafted += g.stats.drafted
+        assert drafted > 0 and drafter.steps > 0
+    target.keep_hidden = False
+
+
+def test_hidden_head_sampling_follows_target(target):
+    sampling = SamplingConfig(temperature=1.5, top_k=4)
+    prompt = prompts(target, 1)[0]
+    joint, keys, index = two_token_outcomes(target, prompt, sampling)
+    kept = all_ids(target)
+    rng = np.random.default_rng(2)
+    d = target.n_embd
+    # a random head over every id: its proposals are often wrong, so rejections are exercised
+    head = HiddenHead(kept, rng.standard_normal((8, 2 * d), dtype=np.float32), np.zeros(8, np.float32),
+                      np.zeros((d, 8), np.float32), np.zeros((kept.k + 1, d), np.float32),
+                      rng.standard_normal((kept.k, d), dtype=np.float32) * 0.2)
+    cfg = GenerateConfig(max_new_tokens=3, max_draft=2, sampling=sampling, stop_tokens=frozenset())
+    drafter = HiddenHeadDrafter(target, head, target.n_vocab, SamplingConfig(temperature=1.0), seed=1)
+    counts = np.zeros(len(keys))
+    for _ in range(2000):
+        key = tuple(generate(target, prompt, drafter, cfg, rng=rng).tokens[:2])
+        assert key in index, f"sampled {key}, which the target gives probability 0"
+        counts[index[key]] += 1
+    assert drafter.steps > 0
+    assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
+    target.keep_hidden = False
+
+
+def test_hidden_head_of_another_width_is_refused(target):
+    kept = all_ids(target)
+    d = target.n_embd * 2
+    head = HiddenHead(kept, np.zeros((4, 2 * d), np.float32), np.zeros(4, np.float32),
+                      np.zeros((d, 4), np.float32), np.zeros((kept.k + 1, d), np.float32),
+                      np.zeros((kept.k, d), np.float32))
+    with pytest.raises(TascError, match="trained for another model"):
+        HiddenHeadDrafter(target, head, target.n_vocab)
+    with pytest.raises(TascError, match="do not fit"):
+        HiddenHead(kept, head.w_in, head.b_in, head.w_mix, head.embed[:-1], head.w_out)
+
+
+# -- export: trained on the target's own generations, in a bundle ------------------------------
+@pytest.fixture(scope="module")
+def head_bundle(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("gguf")
+    from tasc_edge.export.bundle import ExportBundleConfig, export_bundle
+    from tasc_edge.export.tables import ExportTablesConfig
+
+    root = tmp_path_factory.mktemp("hhb")
+    model = write_tiny_gguf(root / "t.gguf", seed=5)
+    tables = ExportTablesConfig(task="", out="", corpus="both", n_ctx=1024, train_limit=40, max_new_tokens=32)
+    cfg = ExportBundleConfig(tasks=["demo"], out=str(root / "b"), model=str(model), format="gguf",
+                             gguf_quant="as-is", tables=tables, hidden_head=64, hidden_head_steps=300)
+    export_bundle(cfg, log=lambda *_: None)
+    return root / "b", cfg
+
+
+def test_exported_hidden_head_learns_and_stays_exact(head_bundle):
+    from tasc_edge.runtime.bundle import load_bundle
+    from test_vocabtrim_bundle import assert_drafters_exact
+
+    path, _ = head_bundle
+    entry = load_bundle(path).manifest["drafters"]["head-k64"]
+    assert entry["kind"] == "hidden-head" and entry["k"] >= 64 and entry["layers"] == 0
+    # one evaluation reads the head's matrices and one embedding row, not the whole file
+    assert 0 < entry["step_bytes"] < (path / entry["dir"] / "head.npz").stat().st_size
+    train = entry["train"]
+    assert train["examples"] > 256 and train["holdout_top1"] > train["holdout_top1_before"]
+    assert_drafters_exact(path, ("head-k64",))
+
+
+def test_hidden_head_export_is_resumed_not_redone(head_bundle):
+    from tasc_edge.export.bundle import export_bundle
+
+    path, cfg = head_bundle
+    head = path / "drafter" / "head-k64" / "head.npz"
+    before = head.stat().st_mtime_ns
+    lines: list[str] = []
+    export_bundle(cfg, log=lines.append)
+    assert head.stat().st_mtime_ns == before
+    assert not any("hidden head step" in line for line in lines)
