@@ -35,7 +35,7 @@ from tasc_edge.runtime.onnx_backend import EMBED_FILE as ONNX_TARGET_EMBED  # nu
 # Bumped when the model step makes different files from the same source: a re-run then redoes
 # the model and everything made with its tokenizer. 2: tokenizers converted from a GGUF are
 # checked against llama.cpp's, Gemma's rebuilt as BPE (export/gguf_tokenizer.py)
-MODEL_STEP_VERSION = 2
+MODEL_STEP_VERSION = 3  # 3: ONNX targets also output their final hidden states
 
 
 @dataclass
@@ -94,7 +94,7 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
             from tasc_edge.export.onnx import export_onnx
 
             made = export_onnx(_hf_checkpoint(source, work, log), work, out, quant, log,
-                               embed_out=out / ONNX_TARGET_EMBED)
+                               embed_out=out / ONNX_TARGET_EMBED, hidden_out=True)
         else:
             from tasc_edge.export.gguf import export_gguf
 
@@ -147,13 +147,11 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
             files += drafter_files
             timings["drafters_s"] = time.perf_counter() - t
         if cfg.hidden_head:
-            if fmt != "gguf":
-                raise TascError("--hidden-head needs a GGUF bundle: it reads llama.cpp's hidden states")
             from tasc_edge.export.hidden_head import HeadTrainConfig, export_hidden_head
 
             t = time.perf_counter()
             heads, head_files = export_hidden_head(
-                out, work, backend, cfg.tasks, cfg.tables, cfg.hidden_head,
+                out, work, backend, fmt, cfg.tasks, cfg.tables, cfg.hidden_head,
                 HeadTrainConfig(steps=cfg.hidden_head_steps), state, lambda st: _write_state(work, st), log)
             drafters.update(heads)
             files += head_files

@@ -1,8 +1,8 @@
-"""Train a hidden-state head (tasc_edge/hidden_head.py) for a GGUF target, from its own outputs.
+"""Train a hidden-state head (tasc_edge/hidden_head.py) for a bundle target, from its own outputs.
 
 Data: the target's greedy generations on train prompts (the ones the n-gram tables were built
-from, `<table>.generated.jsonl`), teacher-forced through the bundle's own llama.cpp target with
-hidden states on, so the head learns on exactly the states it will see on the device (same
+from, `<table>.generated.jsonl`), teacher-forced through the bundle's own target (llama.cpp, or
+onnxruntime with the graph's extra `hidden` output) with hidden states on, so the head learns on exactly the states it will see on the device (same
 quantization, same kernels). Each generated position gives one example: (hidden state of the
 row that produced token x, x) -> the token after x. Labels outside the kept ids are dropped.
 
@@ -169,9 +169,12 @@ def gguf_rows(path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return head, embed
 
 
-def export_hidden_head(out: Path, work: Path, backend, tasks: list[str], tables_cfg, top_k: int,
+def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str], tables_cfg, top_k: int,
                        hcfg: HeadTrainConfig, state: dict, save_state, log) -> tuple[dict, list[dict]]:
-    """(manifest["drafters"] entries, file entries) for drafter/head-k<K> of a GGUF bundle."""
+    """(manifest["drafters"] entries, file entries) for drafter/head-k<K> of a bundle whose
+    target (`backend`, format `fmt`) outputs hidden states."""
+    if not getattr(backend, "has_hidden", False):
+        raise TascError("this bundle's target outputs no hidden states; re-export its model")
     from tasc_edge.export.tables import _read_generated, generated_corpus
     from tasc_edge.ngram import NgramTable
     from tasc_edge.runtime.bundle import file_entry
@@ -200,7 +203,13 @@ def export_hidden_head(out: Path, work: Path, backend, tasks: list[str], tables_
         t = time.perf_counter()
         ex = collect_examples(backend, pairs, log)
         collect_s = time.perf_counter() - t
-        head_rows, embed_rows = gguf_rows(out / "model.gguf", kept.ids)
+        if fmt == "gguf":
+            head_rows, embed_rows = gguf_rows(out / "model.gguf", kept.ids)
+        else:  # the ONNX target's input table; w_out starts from it too (the head, if tied)
+            from tasc_edge.runtime.onnx_backend import EMBED_FILE
+
+            embed_rows = np.ascontiguousarray(np.load(out / EMBED_FILE, mmap_mode="r")[kept.ids], dtype=np.float32)
+            head_rows = embed_rows
         head, stats = train_head(ex, kept, head_rows, embed_rows, hcfg, log)
         stats["collect_s"] = round(collect_s, 1)
         folder.mkdir(parents=True, exist_ok=True)
@@ -210,9 +219,14 @@ def export_hidden_head(out: Path, work: Path, backend, tasks: list[str], tables_
         save_state(state)
     kept = KeptVocab.load(folder / "kept.npz", backend.tokenizer_hash)
     head_bytes = HiddenHead.load(folder / "head.npz", kept).step_bytes()
-    from tasc_edge.export.gguf_drafter import gguf_step_bytes
+    if fmt == "gguf":
+        from tasc_edge.export.gguf_drafter import gguf_step_bytes
 
-    target_bytes = gguf_step_bytes(out / "model.gguf")
+        target_bytes = gguf_step_bytes(out / "model.gguf")
+    else:
+        from tasc_edge.export.onnx import step_bytes
+
+        target_bytes = step_bytes(out / "model.onnx")
     entry = {"kind": "hidden-head", "dir": f"drafter/{variant}", "k": kept.k, "coverage": kept.coverage,
              "calib": kept.calib, "calib_tokens": kept.calib_tokens, "layers": 0,
              "step_bytes": head_bytes, "target_step_bytes": target_bytes, "c": head_bytes / target_bytes,

@@ -27,6 +27,7 @@ from tasc_edge.errors import TascError, require
 from tasc_edge.files import atomic_write_npy
 
 ONNX_QUANTS = {"fp32": None, "int8": 8, "int4": 4}
+HIDDEN_OUTPUT = "hidden"  # the target's final hidden states (runtime/onnx_backend.py reads it)
 # what the device needs next to model.onnx (a GGUF carries its tokenizer and template inside)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json",
                    "generation_config.json", "special_tokens_map.json")
@@ -41,7 +42,8 @@ class ModelFile:
 
 
 def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=print,
-                keep_rows=None, embed_out: Path | None = None, embed_shared: Path | None = None) -> ModelFile:
+                keep_rows=None, embed_out: Path | None = None, embed_shared: Path | None = None,
+                hidden_out: bool = False) -> ModelFile:
     """`keep_rows`: target ids the LM head keeps (a VocabTrim drafter); None keeps them all.
     `embed_out`: move the input embedding table out of the graph into this .npy (the model
     then takes `inputs_embeds`), or reference `embed_shared` if that file holds the same table
@@ -66,6 +68,8 @@ def export_onnx(hf_dir: Path, work: Path, out: Path, quant: str = "int4", log=pr
         untie_lm_head(model)  # fp32 keeps a tied head, unless rows or the embedding leave it
     if keep_rows is not None:
         trim_lm_head(model, keep_rows)
+    if hidden_out:
+        add_hidden_output(model)
     embed = None
     if embed_out is not None:
         embed = place_table(move_embedding_out(model), embed_out, embed_shared)
@@ -150,6 +154,32 @@ def place_table(table: np.ndarray, path: Path, shared: Path | None = None) -> Pa
     if not path.is_file() or not np.array_equal(np.load(path, mmap_mode="r"), table):
         atomic_write_npy(path, table)
     return path
+
+
+def _lm_head_matmul(graph):
+    """The MatMul that makes 'logits' (walking back over e.g. a soft-cap after it)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer.get("logits")
+    while node is not None and node.op_type != "MatMul":
+        node = producer.get(node.input[0])
+    if node is None:
+        raise TascError("could not find the LM head MatMul feeding 'logits'")
+    return node
+
+
+def add_hidden_output(model) -> None:
+    """A second output, HIDDEN_OUTPUT: the final hidden state the LM head reads (after the
+    final norm), for a hidden-state head drafter (tasc_edge/hidden_head.py). The graph computes
+    it anyway; asking for it costs a copy of one row per token."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    if any(o.name == HIDDEN_OUTPUT for o in graph.output):
+        return
+    head = _lm_head_matmul(graph)
+    graph.node.append(helper.make_node("Identity", [head.input[0]], [HIDDEN_OUTPUT], name="tasc_hidden"))
+    graph.output.append(helper.make_tensor_value_info(HIDDEN_OUTPUT, TensorProto.FLOAT,
+                                                      ["batch_size", "sequence_length", "hidden_size"]))
 
 
 def trim_lm_head(model, keep_rows) -> None:

@@ -160,8 +160,9 @@ def open_drafter(bundle: Bundle, variant: str, target, sampling=None, seed: int 
     if entry.get("kind") == "hidden-head":  # no model of its own: it reads the target's states
         from tasc_edge.hidden_head import HiddenHead, HiddenHeadDrafter
 
-        if not hasattr(target, "keep_hidden"):
-            raise TascError(f"drafter {variant!r} reads llama.cpp hidden states; this target backend has none")
+        if not getattr(target, "has_hidden", False):
+            raise TascError(f"drafter {variant!r} reads the target's hidden states and this target "
+                            "outputs none (an ONNX bundle exported before hidden outputs: re-export it)")
         return HiddenHeadDrafter(target, HiddenHead.load(folder / "head.npz", kept), target.n_vocab,
                                  sampling, seed)
     placeholder_vocab = bundle.format == "gguf" and kept is not None

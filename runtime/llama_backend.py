@@ -156,6 +156,7 @@ class LlamaCppBackend:
         # keep_hidden: forward() also keeps each row's final hidden state in `hidden` (a
         # HiddenHeadDrafter reads it). Off during prefill: llama.cpp would then output every
         # prompt row, logits included.
+        self.has_hidden = True
         self.keep_hidden = False
         self.hidden: np.ndarray | None = None
         self._embeddings_on = False

@@ -87,7 +87,15 @@ class OnnxBackend:
         self._kv_heads, self._head_dim = int(kv.shape[1]), int(kv.shape[3])
         self._kv_dtype = np.float16 if "float16" in kv.type else np.float32
         self._position_ids = "position_ids" in inputs
-        self._outputs = [o.name for o in self.session.get_outputs()]
+        # "hidden" (export/onnx.py add_hidden_output): asked for only while keep_hidden is set
+        self._outputs = [o.name for o in self.session.get_outputs() if o.name != "hidden"]
+        hidden = next((o for o in self.session.get_outputs() if o.name == "hidden"), None)
+        width = hidden.shape[-1] if hidden is not None else None
+        self.n_embd = width if isinstance(width, int) else (
+            int(input_embeddings.shape[1]) if input_embeddings is not None else None)
+        self.has_hidden = hidden is not None  # bundles exported before model step 3 have none
+        self.keep_hidden = False
+        self.hidden: np.ndarray | None = None
         config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
         self.n_ctx = int(n_ctx or config.get("max_position_embeddings") or 4096)
         self.model_path = model_path
@@ -156,7 +164,9 @@ class OnnxBackend:
         for layer, (k, v) in enumerate(self._past):
             feed[f"past_key_values.{layer}.key"] = k
             feed[f"past_key_values.{layer}.value"] = v
-        out = self.session.run(self._outputs, feed)
+        want = self.keep_hidden and self.has_hidden
+        out = self.session.run(self._outputs + ["hidden"] * want, feed)
+        self.hidden = out[-1][0, :n].copy() if want else None
         self._past = [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(self._layers)]
         self.n_past = total
         self._cached.extend(ids)

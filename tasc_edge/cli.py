@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tokens per distillation sequence (big vocabularies: fewer, to bound memory)")
     vt.add_argument("--no-untrimmed", action="store_true", help="skip the full-head drafter")
     vt.add_argument("--hidden-head", type=int, default=0, metavar="K",
-                    help="GGUF bundles: also train a hidden-state head over the top K emitted ids "
+                    help="also train a hidden-state head over the top K emitted ids "
                          "(drafter variant head-k<K>; it reads the target's own last hidden state)")
     vt.add_argument("--hidden-head-steps", type=int, default=3000)
     _add_model_args(exp)

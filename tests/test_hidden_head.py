@@ -136,18 +136,21 @@ def test_hidden_head_of_another_width_is_refused(target):
 
 
 # -- export: trained on the target's own generations, in a bundle ------------------------------
-@pytest.fixture(scope="module")
-def head_bundle(tmp_path_factory):
+@pytest.fixture(scope="module", params=["gguf", "onnx"])
+def head_bundle(request, tmp_path_factory):
     pytest.importorskip("torch")
-    pytest.importorskip("gguf")
+    pytest.importorskip("gguf" if request.param == "gguf" else "onnxruntime")
     from tasc_edge.export.bundle import ExportBundleConfig, export_bundle
     from tasc_edge.export.tables import ExportTablesConfig
+    from tiny_hf import write_tiny_hf
 
-    root = tmp_path_factory.mktemp("hhb")
-    model = write_tiny_gguf(root / "t.gguf", seed=5)
+    root = tmp_path_factory.mktemp(f"hhb-{request.param}")
+    # llama.cpp reads a tiny GGUF; the ONNX exporter a tiny HF checkpoint
+    model = write_tiny_gguf(root / "t.gguf", seed=5) if request.param == "gguf" else write_tiny_hf(root / "hf")
     tables = ExportTablesConfig(task="", out="", corpus="both", n_ctx=1024, train_limit=40, max_new_tokens=32)
-    cfg = ExportBundleConfig(tasks=["demo"], out=str(root / "b"), model=str(model), format="gguf",
-                             gguf_quant="as-is", tables=tables, hidden_head=64, hidden_head_steps=300)
+    cfg = ExportBundleConfig(tasks=["demo"], out=str(root / "b"), model=str(model), format=request.param,
+                             gguf_quant="as-is", onnx_quant="int8", tables=tables, hidden_head=64,
+                             hidden_head_steps=300)
     export_bundle(cfg, log=lambda *_: None)
     return root / "b", cfg
 
