@@ -48,7 +48,7 @@ class ExportBundleConfig:
     gguf_quant: str = "q4_0"  # as-is | q4_0 | q4_1 | q8_0 | f16
     tables: ExportTablesConfig = field(default_factory=lambda: ExportTablesConfig(task="", out=""))
     drafter: DrafterConfig | None = None  # VocabTrim drafters (ONNX, or GGUF for Llama-family models)
-    hidden_head: int = 0  # K > 0: a hidden-state head over the top K ids (GGUF bundles)
+    hidden_head: int = 0  # K > 0: a hidden-state head over the top K ids (both formats)
     hidden_head_steps: int = 3000
 
 

@@ -6,7 +6,7 @@ onnxruntime with the graph's extra `hidden` output) with hidden states on, so th
 quantization, same kernels). Each generated position gives one example: (hidden state of the
 row that produced token x, x) -> the token after x. Labels outside the kept ids are dropped.
 
-Training is a few thousand Adam steps of a ~2.6 M-parameter MLP on CPU (minutes); under
+Training is a few thousand Adam steps of a ~2.3 M-parameter MLP (d_ff 512, K = 1,024) on CPU (minutes); under
 torchrun/accelerate the same function runs data-parallel if the caller wraps the module, but
 at this size one core is enough.
 """
@@ -45,8 +45,9 @@ class HeadExamples:
 
 
 def collect_examples(backend, pairs: Sequence[tuple[list[int], list[int]]], log=print) -> HeadExamples:
-    """Teacher-force each (prompt, generation) through `backend` (a LlamaCppBackend) and keep
-    the final hidden state of every generated row."""
+    """Teacher-force each (prompt, generation) through `backend` (a target with hidden-state
+    output: llama.cpp, or an ONNX graph with `hidden`) and keep the final hidden state of every
+    generated row."""
     hs, xs, ys, seq_ids = [], [], [], []
     start = time.perf_counter()
     backend.keep_hidden = True
@@ -175,8 +176,7 @@ def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str
     target (`backend`, format `fmt`) outputs hidden states."""
     if not getattr(backend, "has_hidden", False):
         raise TascError("this bundle's target outputs no hidden states; re-export its model")
-    from tasc_edge.export.tables import _read_generated, generated_corpus
-    from tasc_edge.ngram import NgramTable
+    from tasc_edge.export.tables import train_generations
     from tasc_edge.runtime.bundle import file_entry
     from tasc_edge.tasks import load_task, task_sequences
     from tasc_edge.vocab_trim import choose_kept, token_counts
@@ -189,10 +189,7 @@ def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str
         rows = loaded.train[: tables_cfg.train_limit] if tables_cfg.train_limit else loaded.train
         table_path = work / f"{name}.npz"
         ref = task_sequences([r.output for r in loaded.train if r.output.strip()], backend.tokenize, end)
-        generated_corpus(backend, rows, NgramTable.build(ref, backend.tokenizer_hash, tables_cfg.max_order),
-                         tables_cfg, table_path, log)  # a no-op when the tables step made them
-        gens = _read_generated(table_path.with_name(table_path.name + ".generated.jsonl"),
-                               backend.tokenizer_hash)
+        gens = train_generations(backend, rows, ref, tables_cfg, table_path, log)  # the tables step's
         pairs += [(backend.chat_prompt(r.prompt), gens[r.id]) for r in rows if r.id in gens]
     variant = f"head-k{top_k}"
     folder = out / "drafter" / variant

@@ -25,9 +25,9 @@ import numpy as np
 
 from tasc_edge.errors import TascError, require
 from tasc_edge.files import atomic_write_npy
+from tasc_edge.runtime.onnx_backend import HIDDEN_OUTPUT  # numpy only at import
 
 ONNX_QUANTS = {"fp32": None, "int8": 8, "int4": 4}
-HIDDEN_OUTPUT = "hidden"  # the target's final hidden states (runtime/onnx_backend.py reads it)
 # what the device needs next to model.onnx (a GGUF carries its tokenizer and template inside)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json",
                    "generation_config.json", "special_tokens_map.json")
@@ -191,12 +191,9 @@ def trim_lm_head(model, keep_rows) -> None:
     logits = next((o for o in graph.output if o.name == "logits"), None)
     if logits is None:
         raise TascError("no 'logits' output in the exported graph")
-    producer = {o: n for n in graph.node for o in n.output}
     inits = {i.name: i for i in graph.initializer}
-    node = producer.get("logits")
-    while node is not None and node.op_type != "MatMul":  # e.g. a soft-cap after the head
-        node = producer.get(node.input[0])
-    if node is None or node.input[1] not in inits:
+    node = _lm_head_matmul(graph)
+    if node.input[1] not in inits:
         raise TascError("could not find the LM head MatMul feeding 'logits' (untie it first)")
     init = inits[node.input[1]]
     w = numpy_helper.to_array(init)

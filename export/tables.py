@@ -120,6 +120,16 @@ def generated_corpus(backend, rows, reference: NgramTable,
     return [done[r.id] for r in rows if r.id in done and len(done[r.id]) >= 2]
 
 
+def train_generations(backend, rows, ref_seqs: list[list[int]], cfg: ExportTablesConfig, table_path: Path,
+                      log) -> dict[str, list[int]]:
+    """The target's generations for `rows` by row id: the corpus the tables step wrote next to
+    `table_path`, generated here (and saved there) for rows it lacks. `ref_seqs` are the
+    task's tokenized reference outputs, whose table speeds that generation up."""
+    generated_corpus(backend, rows, NgramTable.build(ref_seqs, backend.tokenizer_hash, cfg.max_order),
+                     cfg, table_path, log)
+    return _read_generated(table_path.with_name(table_path.name + ".generated.jsonl"), backend.tokenizer_hash)
+
+
 def _drop_cut_line(path: Path) -> None:
     """An interrupt can leave the last line half-written; cut the file back to whole lines so
     the next append starts on a fresh line."""

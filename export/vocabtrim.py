@@ -32,9 +32,8 @@ from tasc_edge.export.drafter import (DrafterConfig, build_self_drafter, distill
                                       save_drafter, top1_agreement)
 from tasc_edge.export.gguf_drafter import export_gguf_drafter, gguf_step_bytes
 from tasc_edge.export.onnx import export_onnx, step_bytes
-from tasc_edge.export.tables import _read_generated, generated_corpus
+from tasc_edge.export.tables import train_generations
 from tasc_edge.files import atomic_write_text
-from tasc_edge.ngram import NgramTable
 from tasc_edge.runtime.bundle import file_entry, open_model
 from tasc_edge.runtime.onnx_backend import EMBED_FILE
 from tasc_edge.tasks import load_task, task_sequences
@@ -61,10 +60,7 @@ def export_drafters(out: Path, work: Path, hf_dir, backend, tasks: list[str], ta
         ref = task_sequences([r.output for r in with_output], backend.tokenize, end)
         ref_by_id = dict(zip((r.id for r in with_output), ref))  # tokenized once, reused below
         table_path = work / f"{name}.npz"
-        generated_corpus(backend, rows, NgramTable.build(ref, backend.tokenizer_hash, tables_cfg.max_order),
-                         replace(tables_cfg, task=name), table_path, log)
-        gens = _read_generated(table_path.with_name(table_path.name + ".generated.jsonl"),
-                               backend.tokenizer_hash)
+        gens = train_generations(backend, rows, ref, replace(tables_cfg, task=name), table_path, log)
         for r in rows:
             if r.id in gens and r.id in ref_by_id:
                 prompts.append(backend.chat_prompt(r.prompt))

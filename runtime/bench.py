@@ -345,8 +345,8 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
                       chrf(text, row.output), first_s=first.seconds, first_n=first.tokens,
                       reused_tokens=getattr(peers[m], "reused_tokens", None) if cfg.prefix_cache_mb > 0 else None)
     backend.prefill([])
-    # only a hidden-state drafter pays for llama.cpp's hidden-state output
-    backend.keep_hidden = getattr(getattr(drafters.get(m), "model", drafters.get(m)), "needs_hidden", False)
+    # only a hidden-state drafter pays for hidden-state output: its begin() switches it on
+    backend.keep_hidden = False
     cold = getattr(drafters.get(m), "cold", None)
     if cold is not None:  # a model drafter's cache too: model:K and chained:K share one backend
         cold()

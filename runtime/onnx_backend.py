@@ -45,6 +45,7 @@ from tasc_edge.runtime.llama_backend import physical_cores  # llama_cpp itself i
 # a graph exported with its input embedding table moved out (export/onnx.py) finds the table
 # here, next to model.onnx, unless one is passed (the drafters of a bundle share theirs)
 EMBED_FILE = "embed.npy"
+HIDDEN_OUTPUT = "hidden"  # the final hidden states a target graph may also output (export/onnx.py)
 
 
 class OnnxBackend:
@@ -87,9 +88,9 @@ class OnnxBackend:
         self._kv_heads, self._head_dim = int(kv.shape[1]), int(kv.shape[3])
         self._kv_dtype = np.float16 if "float16" in kv.type else np.float32
         self._position_ids = "position_ids" in inputs
-        # "hidden" (export/onnx.py add_hidden_output): asked for only while keep_hidden is set
-        self._outputs = [o.name for o in self.session.get_outputs() if o.name != "hidden"]
-        hidden = next((o for o in self.session.get_outputs() if o.name == "hidden"), None)
+        # HIDDEN_OUTPUT (export/onnx.py add_hidden_output): asked for only while keep_hidden is set
+        self._outputs = [o.name for o in self.session.get_outputs() if o.name != HIDDEN_OUTPUT]
+        hidden = next((o for o in self.session.get_outputs() if o.name == HIDDEN_OUTPUT), None)
         width = hidden.shape[-1] if hidden is not None else None
         self.n_embd = width if isinstance(width, int) else (
             int(input_embeddings.shape[1]) if input_embeddings is not None else None)
@@ -165,7 +166,7 @@ class OnnxBackend:
             feed[f"past_key_values.{layer}.key"] = k
             feed[f"past_key_values.{layer}.value"] = v
         want = self.keep_hidden and self.has_hidden
-        out = self.session.run(self._outputs + ["hidden"] * want, feed)
+        out = self.session.run(self._outputs + [HIDDEN_OUTPUT] * want, feed)
         self.hidden = out[-1][0, :n].copy() if want else None
         self._past = [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(self._layers)]
         self.n_past = total

@@ -32,7 +32,8 @@ from tasc_edge.decode import Draft
 from tasc_edge.drafters import AcceptanceCalibrator
 from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_bytes
-from tasc_edge.verify import SamplingConfig, sample, target_probs
+from tasc_edge.model_drafter import draft_probs, spread_to_vocab
+from tasc_edge.verify import SamplingConfig, sample
 from tasc_edge.vocab_trim import KeptVocab
 
 FORMAT_VERSION = 1
@@ -98,7 +99,6 @@ class HiddenHeadDrafter:
     its last forward, kept when `target.keep_hidden` is set). Same interface as ModelDrafter
     (begin / draft / peek / update / cold / steps), so ChainedDrafter can use it as its model."""
 
-    needs_hidden = True  # the bench and run switch llama.cpp's hidden-state output on for it
     free_look = True  # peek() costs one head evaluation, no drafter forward: ChainedDrafter looks always
 
     def __init__(self, target, head: HiddenHead, n_vocab: int, sampling: SamplingConfig | None = None,
@@ -127,7 +127,8 @@ class HiddenHeadDrafter:
 
     def begin(self, prompt: Sequence[int]) -> None:
         # the prefill computes no hidden rows (llama.cpp would then compute every prompt row's
-        # logits too): the first draft of a request comes from the n-grams alone
+        # logits too): the first draft of a request comes from the n-grams alone. Whoever runs
+        # the target without this drafter switches the output off again (bench, run --compare).
         self.target.keep_hidden = True
         self._state, self._probs = None, None
 
@@ -164,19 +165,13 @@ class HiddenHeadDrafter:
         self._buckets = [bucket]
         out = Draft([self.kept.to_target(local)], [self.calibrator.estimate(bucket, prior=float(p[local]))])
         if not self.sampling.greedy:
-            out.probs = np.zeros((1, self.n_vocab))
-            out.probs[0, self.kept.ids] = p
+            out.probs = spread_to_vocab([p], self.kept, self.n_vocab)
         return out
 
     def _distribution(self) -> np.ndarray | None:
         if self._state is None:
             return None
         if self._probs is None:
-            logits = self.head.logits(*self._state).astype(np.float64)
+            self._probs = draft_probs(self.head.logits(*self._state).astype(np.float64), self.sampling)
             self.steps += 1
-            if self.sampling.greedy:
-                e = np.exp(logits - logits.max())
-                self._probs = e / e.sum()
-            else:
-                self._probs = target_probs(logits, self.sampling)
         return self._probs

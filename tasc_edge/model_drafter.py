@@ -95,12 +95,8 @@ class ModelDrafter:
         logits = self._sync([*self.committed, *after])
         rows, survival = [], 1.0
         for i in range(n):
-            if self.sampling.greedy:
-                p = _softmax(logits)
-                local = int(np.argmax(logits))
-            else:
-                p = target_probs(logits, self.sampling)
-                local = sample(p, self.rng)
+            p = draft_probs(logits, self.sampling)
+            local = int(np.argmax(p)) if self.sampling.greedy else sample(p, self.rng)
             bucket = (min(int(p[local] * 10), 9),)
             conf = self.calibrator.estimate(bucket, prior=float(p[local]))
             survival *= conf
@@ -114,7 +110,7 @@ class ModelDrafter:
             if i + 1 < n:
                 logits = self._forward([token])
         if not self.sampling.greedy:
-            out.probs = self._full_vocab(rows)
+            out.probs = spread_to_vocab(rows, self.kept, self.n_vocab)
         return out
 
     # -- internals -----------------------------------------------------------------------------
@@ -123,7 +119,7 @@ class ModelDrafter:
         never a sample, so a chained drafter may choose on it without biasing sampling) and its
         probability. One forward at most; a draft() right after reuses it."""
         logits = self._sync(list(self.committed))
-        p = _softmax(logits) if self.sampling.greedy else target_probs(logits, self.sampling)
+        p = draft_probs(logits, self.sampling)
         local = int(np.argmax(p))
         return (local if self.kept is None else self.kept.to_target(local)), float(p[local])
 
@@ -151,14 +147,6 @@ class ModelDrafter:
         self._logits = np.asarray(logits, dtype=np.float64)  # after fed[-1]
         return self._logits
 
-    def _full_vocab(self, rows: list[np.ndarray]) -> np.ndarray:
-        full = np.zeros((len(rows), self.n_vocab))
-        for i, p in enumerate(rows):
-            if self.kept is None:
-                full[i, : len(p)] = p
-            else:
-                full[i, self.kept.ids] = p
-        return full
 
 
 class ChainedDrafter:
@@ -290,6 +278,25 @@ class ChainedDrafter:
         tail = Draft(draft.tokens[k:], draft.confidence[k:])
         # the model's tokens were judged only if every n-gram token before them was accepted
         self.model.update(tail if n_accepted >= k else Draft(), max(n_accepted - k, 0), committed)
+
+
+def draft_probs(logits: np.ndarray, sampling: SamplingConfig) -> np.ndarray:
+    """What a model drafter proposes from: the plain softmax when greedy (only its argmax and
+    that token's probability are used), the target's sampling transform otherwise (the q of
+    speculative sampling must be the distribution the draft is drawn from)."""
+    return _softmax(logits) if sampling.greedy else target_probs(logits, sampling)
+
+
+def spread_to_vocab(rows: list[np.ndarray], kept: KeptVocab | None, n_vocab: int) -> np.ndarray:
+    """Drafter distributions over the kept ids (or a full head) as rows over the target's
+    vocabulary, zero elsewhere: what speculative sampling needs to stay exact."""
+    full = np.zeros((len(rows), n_vocab))
+    for i, p in enumerate(rows):
+        if kept is None:
+            full[i, : len(p)] = p
+        else:
+            full[i, kept.ids] = p
+    return full
 
 
 def _decile(p: float) -> int:
