@@ -50,6 +50,7 @@ class ExportBundleConfig:
     drafter: DrafterConfig | None = None  # VocabTrim drafters (ONNX, or GGUF for Llama-family models)
     hidden_head: int = 0  # K > 0: a hidden-state head over the top K ids (both formats)
     hidden_head_steps: int = 3000
+    hidden_head_refs: int = 0  # reference outputs of up to N further train rows per task for the head
 
 
 def export_bundle(cfg: ExportBundleConfig, log=print) -> list[Path]:
@@ -152,7 +153,8 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
             t = time.perf_counter()
             heads, head_files = export_hidden_head(
                 out, work, backend, fmt, cfg.tasks, cfg.tables, cfg.hidden_head,
-                HeadTrainConfig(steps=cfg.hidden_head_steps), state, lambda st: _write_state(work, st), log)
+                HeadTrainConfig(steps=cfg.hidden_head_steps, refs=cfg.hidden_head_refs), state,
+                lambda st: _write_state(work, st), log)
             drafters.update(heads)
             files += head_files
             timings["hidden_head_s"] = time.perf_counter() - t

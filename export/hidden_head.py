@@ -1,12 +1,19 @@
 """Train a hidden-state head (tasc_edge/hidden_head.py) for a bundle target, from its own outputs.
 
 Data: the target's greedy generations on train prompts (the ones the n-gram tables were built
-from, `<table>.generated.jsonl`), teacher-forced through the bundle's own target (llama.cpp, or
-onnxruntime with the graph's extra `hidden` output) with hidden states on, so the head learns on exactly the states it will see on the device (same
-quantization, same kernels). Each generated position gives one example: (hidden state of the
-row that produced token x, x) -> the token after x. Labels outside the kept ids are dropped.
+from, `<table>.generated.jsonl`) and, with `refs`, the dataset outputs of further train rows;
+every sequence is teacher-forced through the bundle's own target (llama.cpp, or onnxruntime
+with the graph's extra `hidden` output) with hidden states on, so the head learns on exactly
+the states it will see on the device (same quantization, same kernels). Labels are always the
+target's own argmax: a row whose input token x is what the target would have chosen there
+gives one example (hidden state of the row that produced x, x) -> the target's next argmax.
+Along a greedy generation that is every row; along a reference output it is the rows where
+the reference agrees with the target, which multiplies the data at one batched forward per
+sequence (session 14's head, trained on 100 generations per task, was 99% right on its
+training rows and 70-78% on held-out ones). Labels outside the kept ids are dropped.
 
-Training is a few thousand Adam steps of a ~2.3 M-parameter MLP (d_ff 512, K = 1,024) on CPU (minutes); under
+Training is a few thousand Adam steps of a ~2.3 M-parameter MLP (d_ff 512, K = 1,024) on CPU
+(minutes), keeping the weights that did best on the held-out sequences; under
 torchrun/accelerate the same function runs data-parallel if the caller wraps the module, but
 at this size one core is enough.
 """
@@ -32,7 +39,8 @@ class HeadTrainConfig:
     batch: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
-    holdout: float = 0.1  # share of sequences kept out to report accuracy
+    holdout: float = 0.1  # share of sequences kept out to report accuracy and pick the best weights
+    refs: int = 0  # reference outputs of up to this many further train rows per task
     seed: int = 0
 
 
@@ -42,40 +50,53 @@ class HeadExamples:
     token: np.ndarray  # [N] the token each hidden row produced (the committed one)
     label: np.ndarray  # [N] the token after it
     sequence: np.ndarray  # [N] which sequence each example came from (for the holdout split)
+    generated: np.ndarray  # [N] bool: from a target generation (not a reference output)
+    n_sequences: int  # sequences read (some may give no example)
+    n_generated: int  # of which target generations
 
 
-def collect_examples(backend, pairs: Sequence[tuple[list[int], list[int]]], log=print) -> HeadExamples:
-    """Teacher-force each (prompt, generation) through `backend` (a target with hidden-state
-    output: llama.cpp, or an ONNX graph with `hidden`) and keep the final hidden state of every
-    generated row."""
+def collect_examples(backend, pairs: Sequence[tuple[list[int], list[int]]], log=print,
+                     n_generated: int | None = None) -> HeadExamples:
+    """Teacher-force each (prompt, output) through `backend` (a target with hidden-state
+    output: llama.cpp, or an ONNX graph with `hidden`) and keep, for every output row whose
+    token the target itself would have chosen, its final hidden state and the target's argmax
+    one row later. The first `n_generated` pairs (default: all) are the target's generations;
+    only they are held out to measure the head, since those are the states it meets."""
     hs, xs, ys, seq_ids = [], [], [], []
     start = time.perf_counter()
     backend.keep_hidden = True
     try:
-        for i, (prompt, gen) in enumerate(pairs):
-            if len(gen) < 2:
+        for i, (prompt, out) in enumerate(pairs):
+            if len(out) < 2:
                 continue
-            inputs = [prompt[-1], *gen[:-1]]  # row r's logits predict gen[r]
+            inputs = [prompt[-1], *out[:-1]]  # row r's logits predict out[r]
             if len(prompt) + len(inputs) > backend.n_ctx:
                 continue
             backend.prefill(prompt[:-1])
-            rows = []
+            hidden, choice = [], []
             for j in range(0, len(inputs), backend.n_batch):
-                backend.forward(inputs[j : j + backend.n_batch])
-                rows.append(backend.hidden)
-            h = np.concatenate(rows)
-            hs.append(h[:-1])  # row r produced gen[r]; the token after it is gen[r + 1]
-            xs.append(np.asarray(gen[:-1]))
-            ys.append(np.asarray(gen[1:]))
-            seq_ids.append(np.full(len(gen) - 1, i))
-            if (i + 1) % 50 == 0:
+                logits = backend.forward(inputs[j : j + backend.n_batch])
+                hidden.append(backend.hidden)
+                choice.append(np.argmax(logits, axis=-1))
+            h, a = np.concatenate(hidden), np.concatenate(choice)
+            x = np.asarray(out)
+            # row r produced the target's choice a[r]; where the output went on with that very
+            # token (x[r] == a[r]), row r + 1 read it: an example labelled with a[r + 1]
+            r = np.flatnonzero(x[:-1] == a[:-1])
+            hs.append(h[r])
+            xs.append(x[r])
+            ys.append(a[r + 1])
+            seq_ids.append(np.full(len(r), i))
+            if (i + 1) % 100 == 0:
                 log(f"hidden states: {i + 1}/{len(pairs)} sequences ({time.perf_counter() - start:.0f} s)")
     finally:
         backend.keep_hidden = False
-    if not hs:
-        raise TascError("no generated sequences of two or more tokens to train a hidden head on")
+    if not sum(len(t) for t in xs):
+        raise TascError("no output sequences of two or more tokens to train a hidden head on")
+    seq = np.concatenate(seq_ids)
+    n_gen = len(pairs) if n_generated is None else n_generated
     return HeadExamples(np.concatenate(hs).astype(np.float32), np.concatenate(xs),
-                        np.concatenate(ys), np.concatenate(seq_ids))
+                        np.concatenate(ys), seq, seq < n_gen, len(pairs), n_gen)
 
 
 def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_rows: np.ndarray,
@@ -91,7 +112,7 @@ def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_r
     x_local = local[ex.token]
     x_local = np.where(x_local >= 0, x_local, kept.k)  # the extra "any other id" row
     rng = np.random.default_rng(cfg.seed)
-    seqs = np.unique(ex.sequence)
+    seqs = np.unique(ex.sequence[ex.generated])
     held = rng.choice(seqs, size=max(1, int(len(seqs) * cfg.holdout)), replace=False) if cfg.holdout > 0 else []
     test = np.isin(ex.sequence, held) & keep
     train = ~np.isin(ex.sequence, held) & keep
@@ -133,6 +154,7 @@ def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_r
             return float((pred == y_all[sel]).float().mean())
 
     acc0 = accuracy(test)
+    best, best_step, best_state = -1.0, 0, None
     for step in range(cfg.steps):
         sel = torch.from_numpy(rng.choice(idx, size=cfg.batch))
         loss = torch.nn.functional.cross_entropy(net(h_all[sel], x_all[sel]), y_all[sel])
@@ -141,10 +163,19 @@ def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_r
         opt.step()
         sched.step()
         if (step + 1) % 500 == 0 or step + 1 == cfg.steps:
-            log(f"hidden head step {step + 1}/{cfg.steps}: loss {loss.item():.3f}")
+            acc = accuracy(test)
+            log(f"hidden head step {step + 1}/{cfg.steps}: loss {loss.item():.3f}, holdout top-1 {acc:.3f}")
+            if not acc <= best:  # nan (no holdout) keeps the latest weights
+                best, best_step = acc, step + 1
+                best_state = {n: p.detach().clone() for n, p in net.state_dict().items()}
+    if best_state is not None:  # the weights that did best on sequences it never trained on
+        net.load_state_dict(best_state)
     stats = {"examples": int(train.sum()), "holdout_examples": int(test.sum()),
              "dropped_outside_kept": int((~keep).sum()), "train_s": round(time.perf_counter() - start, 1),
-             "holdout_top1_before": acc0, "holdout_top1": accuracy(test), "train_top1": accuracy(train)}
+             "holdout_top1_before": acc0, "holdout_top1": accuracy(test), "train_top1": accuracy(train),
+             "best_step": best_step, "generated_sequences": int(len(seqs)),
+             "reference_sequences": int(ex.n_sequences - ex.n_generated),
+             "reference_examples": int((train & ~ex.generated).sum())}
     log(f"hidden head: holdout top-1 {stats['holdout_top1_before']:.3f} -> {stats['holdout_top1']:.3f} "
         f"({stats['holdout_examples']} examples), {stats['train_s']} s")
     w = {n: p.detach().numpy().astype(np.float32) for n, p in net.named_parameters()}
@@ -182,7 +213,7 @@ def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str
     from tasc_edge.vocab_trim import choose_kept, token_counts
 
     end = backend.end_of_turn()
-    pairs = []
+    pairs, refs = [], []  # (prompt, target generation), (prompt, reference output)
     for task in tasks:
         name = Path(task).name.removesuffix(".jsonl") or "task"
         loaded = load_task(task)
@@ -191,14 +222,20 @@ def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str
         ref = task_sequences([r.output for r in loaded.train if r.output.strip()], backend.tokenize, end)
         gens = train_generations(backend, rows, ref, tables_cfg, table_path, log)  # the tables step's
         pairs += [(backend.chat_prompt(r.prompt), gens[r.id]) for r in rows if r.id in gens]
+        if hcfg.refs:  # further train rows than the generations used: their dataset outputs
+            start = len(rows) if tables_cfg.train_limit else len(loaded.train)
+            extra = [r for r in loaded.train[start : start + hcfg.refs] if r.output.strip()]
+            if extra:
+                outs = task_sequences([r.output for r in extra], backend.tokenize, end)
+                refs += [(backend.chat_prompt(r.prompt), o) for r, o in zip(extra, outs)]
     variant = f"head-k{top_k}"
     folder = out / "drafter" / variant
-    key = f"{state.get('model')}|{len(pairs)}|{top_k}|{hcfg}"
+    key = f"{state.get('model')}|{len(pairs)}|{len(refs)}|{top_k}|{hcfg}"
     if state.get(f"drafter:{variant}") != key or not (folder / "head.npz").is_file():
         kept = choose_kept(token_counts([g for _, g in pairs], backend.n_vocab), backend.tokenizer_hash,
                            "target", top_k=top_k, always={*backend.stop_tokens, end})
         t = time.perf_counter()
-        ex = collect_examples(backend, pairs, log)
+        ex = collect_examples(backend, pairs + refs, log, n_generated=len(pairs))
         collect_s = time.perf_counter() - t
         if fmt == "gguf":
             head_rows, embed_rows = gguf_rows(out / "model.gguf", kept.ids)

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also train a hidden-state head over the top K emitted ids "
                          "(drafter variant head-k<K>; it reads the target's own last hidden state)")
     vt.add_argument("--hidden-head-steps", type=int, default=3000)
+    vt.add_argument("--hidden-head-refs", type=int, default=0, metavar="N",
+                    help="also train the head on the dataset outputs of up to N further train rows "
+                         "per task (labels: the target's own argmax along them)")
     _add_model_args(exp)
     _add_ft_parser(sub)
     srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server on 127.0.0.1 (serve extra)")
@@ -336,7 +339,8 @@ def _export(args: argparse.Namespace) -> int:
     bundle = ExportBundleConfig(tasks=[t for t in args.task.split(",") if t], out=args.out,
                                 model=args.model, format=args.format, onnx_quant=args.onnx_quant,
                                 gguf_quant=args.quant, tables=cfg, drafter=drafter,
-                                hidden_head=args.hidden_head, hidden_head_steps=args.hidden_head_steps)
+                                hidden_head=args.hidden_head, hidden_head_steps=args.hidden_head_steps,
+                                hidden_head_refs=args.hidden_head_refs)
     for out in export_bundle(bundle):
         print(f"bundle written: {out}")
     return 0

@@ -135,6 +135,28 @@ def test_hidden_head_of_another_width_is_refused(target):
         HiddenHead(kept, head.w_in, head.b_in, head.w_mix, head.embed[:-1], head.w_out)
 
 
+def test_head_examples_are_labelled_by_the_target_not_the_text(target):
+    """Along a greedy generation every row is an example labelled with the next token; along
+    a text that leaves the target's path, the row whose token the target would not have
+    chosen is dropped, and labels stay the target's argmax, not the text's next token."""
+    from tasc_edge.export.hidden_head import collect_examples
+
+    _, ps, outs = refs(target, 2)
+    prompt, gen = next((p, o) for p, o in zip(ps, outs) if len(o) >= 8)
+    ex = collect_examples(target, [(prompt, gen)], log=lambda *_: None)
+    assert len(ex.label) == len(gen) - 1  # batched vs incremental forward: same greedy path here
+    assert ex.token.tolist() == gen[:-1] and ex.label.tolist() == gen[1:] and ex.generated.all()
+
+    off = (gen[3] + 1) % target.n_vocab  # a token the target did not choose at row 3
+    text = gen[:3] + [off] + gen[4:]
+    ex2 = collect_examples(target, [(prompt, gen), (prompt, text)], log=lambda *_: None, n_generated=1)
+    mine = ex2.sequence == 1
+    assert not ex2.generated[mine].any() and ex2.generated[~mine].all()
+    rows = ex2.token[mine].tolist()
+    assert rows[:3] == gen[:3] and len(rows) <= len(text) - 2  # rows 0-2 kept, row 3 dropped
+    assert ex2.label[mine][:3].tolist() == gen[1:4]  # row 2 read gen[2]: the target's gen[3]
+
+
 # -- export: trained on the target's own generations, in a bundle ------------------------------
 @pytest.fixture(scope="module", params=["gguf", "onnx"])
 def head_bundle(request, tmp_path_factory):
@@ -150,7 +172,7 @@ def head_bundle(request, tmp_path_factory):
     tables = ExportTablesConfig(task="", out="", corpus="both", n_ctx=1024, train_limit=40, max_new_tokens=32)
     cfg = ExportBundleConfig(tasks=["demo"], out=str(root / "b"), model=str(model), format=request.param,
                              gguf_quant="as-is", onnx_quant="int8", tables=tables, hidden_head=64,
-                             hidden_head_steps=300)
+                             hidden_head_steps=300, hidden_head_refs=20 if request.param == "onnx" else 0)
     export_bundle(cfg, log=lambda *_: None)
     return root / "b", cfg
 
@@ -159,13 +181,14 @@ def test_exported_hidden_head_learns_and_stays_exact(head_bundle):
     from tasc_edge.runtime.bundle import load_bundle
     from test_vocabtrim_bundle import assert_drafters_exact
 
-    path, _ = head_bundle
+    path, cfg = head_bundle
     entry = load_bundle(path).manifest["drafters"]["head-k64"]
     assert entry["kind"] == "hidden-head" and entry["k"] >= 64 and entry["layers"] == 0
     # one evaluation reads the head's matrices and one embedding row, not the whole file
     assert 0 < entry["step_bytes"] < (path / entry["dir"] / "head.npz").stat().st_size
     train = entry["train"]
     assert train["examples"] > 256 and train["holdout_top1"] > train["holdout_top1_before"]
+    assert train["reference_sequences"] == (20 if cfg.hidden_head_refs else 0)
     assert_drafters_exact(path, ("head-k64",))
 
 
