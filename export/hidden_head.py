@@ -50,9 +50,13 @@ class HeadExamples:
     token: np.ndarray  # [N] the token each hidden row produced (the committed one)
     label: np.ndarray  # [N] the token after it
     sequence: np.ndarray  # [N] which sequence each example came from (for the holdout split)
-    generated: np.ndarray  # [N] bool: from a target generation (not a reference output)
     n_sequences: int  # sequences read (some may give no example)
-    n_generated: int  # of which target generations
+    n_generated: int  # of which target generations: sequences 0 .. n_generated - 1
+
+    @property
+    def generated(self) -> np.ndarray:
+        """[N] bool: the example comes from a target generation, not a reference output."""
+        return self.sequence < self.n_generated
 
 
 def collect_examples(backend, pairs: Sequence[tuple[list[int], list[int]]], log=print,
@@ -93,10 +97,8 @@ def collect_examples(backend, pairs: Sequence[tuple[list[int], list[int]]], log=
         backend.keep_hidden = False
     if not sum(len(t) for t in xs):
         raise TascError("no output sequences of two or more tokens to train a hidden head on")
-    seq = np.concatenate(seq_ids)
-    n_gen = len(pairs) if n_generated is None else n_generated
-    return HeadExamples(np.concatenate(hs).astype(np.float32), np.concatenate(xs),
-                        np.concatenate(ys), seq, seq < n_gen, len(pairs), n_gen)
+    return HeadExamples(np.concatenate(hs).astype(np.float32), np.concatenate(xs), np.concatenate(ys),
+                        np.concatenate(seq_ids), len(pairs), len(pairs) if n_generated is None else n_generated)
 
 
 def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_rows: np.ndarray,
@@ -219,15 +221,15 @@ def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str
         loaded = load_task(task)
         rows = loaded.train[: tables_cfg.train_limit] if tables_cfg.train_limit else loaded.train
         table_path = work / f"{name}.npz"
-        ref = task_sequences([r.output for r in loaded.train if r.output.strip()], backend.tokenize, end)
+        with_output = [r for r in loaded.train if r.output.strip()]
+        ref = task_sequences([r.output for r in with_output], backend.tokenize, end)
         gens = train_generations(backend, rows, ref, tables_cfg, table_path, log)  # the tables step's
         pairs += [(backend.chat_prompt(r.prompt), gens[r.id]) for r in rows if r.id in gens]
         if hcfg.refs:  # further train rows than the generations used: their dataset outputs
             start = len(rows) if tables_cfg.train_limit else len(loaded.train)
-            extra = [r for r in loaded.train[start : start + hcfg.refs] if r.output.strip()]
-            if extra:
-                outs = task_sequences([r.output for r in extra], backend.tokenize, end)
-                refs += [(backend.chat_prompt(r.prompt), o) for r, o in zip(extra, outs)]
+            tokens_of = {r.id: seq for r, seq in zip(with_output, ref)}  # tokenized once, above
+            refs += [(backend.chat_prompt(r.prompt), tokens_of[r.id])
+                     for r in loaded.train[start : start + hcfg.refs] if r.id in tokens_of]
     variant = f"head-k{top_k}"
     folder = out / "drafter" / variant
     key = f"{state.get('model')}|{len(pairs)}|{len(refs)}|{top_k}|{hcfg}"

@@ -148,7 +148,6 @@ class ModelDrafter:
         return self._logits
 
 
-
 FREE_LOOK_BELOW = 0.8  # default ask_below for a model whose look is free (hidden-state head)
 
 
