@@ -48,7 +48,7 @@ class HeadTrainConfig:
 class HeadExamples:
     hidden: np.ndarray  # [N, d] float32
     token: np.ndarray  # [N] the token each hidden row produced (the committed one)
-    label: np.ndarray  # [N] the token after it
+    label: np.ndarray  # [N] the target's own argmax after it
     sequence: np.ndarray  # [N] which sequence each example came from (for the holdout split)
     n_sequences: int  # sequences read (some may give no example)
     n_generated: int  # of which target generations: sequences 0 .. n_generated - 1
@@ -96,7 +96,8 @@ def collect_examples(backend, pairs: Sequence[tuple[list[int], list[int]]], log=
     finally:
         backend.keep_hidden = False
     if not sum(len(t) for t in xs):
-        raise TascError("no output sequences of two or more tokens to train a hidden head on")
+        raise TascError("no output rows on the target's own path (sequences of two or more tokens "
+                        "the target agrees with) to train a hidden head on")
     return HeadExamples(np.concatenate(hs).astype(np.float32), np.concatenate(xs), np.concatenate(ys),
                         np.concatenate(seq_ids), len(pairs), len(pairs) if n_generated is None else n_generated)
 
@@ -226,10 +227,9 @@ def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str
         gens = train_generations(backend, rows, ref, tables_cfg, table_path, log)  # the tables step's
         pairs += [(backend.chat_prompt(r.prompt), gens[r.id]) for r in rows if r.id in gens]
         if hcfg.refs:  # further train rows than the generations used: their dataset outputs
-            start = len(rows) if tables_cfg.train_limit else len(loaded.train)
             tokens_of = {r.id: seq for r, seq in zip(with_output, ref)}  # tokenized once, above
             refs += [(backend.chat_prompt(r.prompt), tokens_of[r.id])
-                     for r in loaded.train[start : start + hcfg.refs] if r.id in tokens_of]
+                     for r in loaded.train[len(rows) : len(rows) + hcfg.refs] if r.id in tokens_of]
     variant = f"head-k{top_k}"
     folder = out / "drafter" / variant
     key = f"{state.get('model')}|{len(pairs)}|{len(refs)}|{top_k}|{hcfg}"
