@@ -13,10 +13,13 @@ chained drafter can look at every step for free.
     u      = rms(h) + w_mix @ z
     logits = w_out @ u                       (K rows: the kept ids)
 
-One token per draft: the head has no hidden state for the token it proposes, so it cannot go
-on (the n-gram drafter continues after it in `ChainedDrafter`). Exactness is the loop's: the
-proposal depends only on committed tokens, so greedy verification and rejection sampling
-(the head's distribution over the kept ids, zero elsewhere) stay exact.
+u is trained to be the normalised hidden state of the *next* row as well (EAGLE's feature
+regression, with its own prediction fed back during training, HASS-style), so a head with
+`depth` > 1 drafts on: (u, its own token) is the next step's input. A depth-1 head (format 1,
+trained on tokens only) has no usable state for the token it proposes and drafts one token;
+the n-gram drafter continues after it in `ChainedDrafter`. Exactness is the loop's: each
+proposal depends only on committed and earlier drafted tokens, so greedy verification and
+rejection sampling (the head's distribution over the kept ids, zero elsewhere) stay exact.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from tasc_edge.decode import Draft
 from tasc_edge.drafters import AcceptanceCalibrator
 from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_bytes
-from tasc_edge.model_drafter import draft_probs, spread_to_vocab
+from tasc_edge.model_drafter import draft_confidence, draft_probs, spread_to_vocab
 from tasc_edge.verify import SamplingConfig, sample
 from tasc_edge.vocab_trim import KeptVocab
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds `depth`; format 1 files read as depth 1
 
 
 def rms_normalise(h: np.ndarray) -> np.ndarray:
@@ -51,6 +54,7 @@ class HiddenHead:
     w_mix: np.ndarray  # [d, d_ff]
     embed: np.ndarray  # [K + 1, d]: kept ids' input rows; the last row stands for any other id
     w_out: np.ndarray  # [K, d]
+    depth: int = 1  # tokens per draft it was trained to chain (its u regressed on the next state)
 
     @property
     def width(self) -> int:
@@ -59,6 +63,11 @@ class HiddenHead:
     def logits(self, hidden: np.ndarray, token: int) -> np.ndarray:
         """Logits over the kept ids for the token after `token`, given the target's final
         hidden state at the row that produced `token`."""
+        return self.step(hidden, token)[0]
+
+    def step(self, hidden: np.ndarray, token: int) -> tuple[np.ndarray, np.ndarray]:
+        """(logits over the kept ids for the token after `token`, u: the head's estimate of
+        the hidden state that will produce it, the next step's `hidden` when depth > 1)."""
         local = self._local[token] if 0 <= token < len(self._local) else -1
         e = self.embed[local if local >= 0 else -1]
         h = rms_normalise(np.asarray(hidden, dtype=np.float32))
@@ -66,7 +75,8 @@ class HiddenHead:
         # spinning OpenMP threads (head 4 ms instead of 0.6, the next forward 60% slower)
         x = np.einsum("ij,j->i", self.w_in, np.concatenate([h, e])) + self.b_in
         z = x / (1.0 + np.exp(-x))
-        return np.einsum("ij,j->i", self.w_out, h + np.einsum("ij,j->i", self.w_mix, z))
+        u = h + np.einsum("ij,j->i", self.w_mix, z)
+        return np.einsum("ij,j->i", self.w_out, u), u
 
     def __post_init__(self) -> None:
         d = self.w_out.shape[1]
@@ -82,27 +92,30 @@ class HiddenHead:
     def save(self, path: str | Path) -> None:
         buf = io.BytesIO()
         np.savez(buf, format_version=np.array(FORMAT_VERSION), w_in=self.w_in, b_in=self.b_in,
-                 w_mix=self.w_mix, embed=self.embed, w_out=self.w_out)
+                 w_mix=self.w_mix, embed=self.embed, w_out=self.w_out, depth=np.array(self.depth))
         atomic_write_bytes(Path(path), buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path, kept: KeptVocab) -> "HiddenHead":
         with np.load(path, allow_pickle=False) as z:
-            if int(z["format_version"]) != FORMAT_VERSION:
-                raise TascError(f"{path}: hidden head format {int(z['format_version'])}, "
-                                f"this version reads {FORMAT_VERSION}; re-export")
-            return cls(kept, *(z[k].astype(np.float32) for k in ("w_in", "b_in", "w_mix", "embed", "w_out")))
+            version = int(z["format_version"])
+            if version not in (1, FORMAT_VERSION):
+                raise TascError(f"{path}: hidden head format {version}, this version reads "
+                                f"1-{FORMAT_VERSION}; re-export")
+            weights = (z[k].astype(np.float32) for k in ("w_in", "b_in", "w_mix", "embed", "w_out"))
+            return cls(kept, *weights, depth=int(z["depth"]) if version >= 2 else 1)
 
 
 class HiddenHeadDrafter:
-    """Drafts one token from the target backend's last hidden states (`target.hidden`, rows of
-    its last forward, kept when `target.keep_hidden` is set). Same interface as ModelDrafter
+    """Drafts from the target backend's last hidden states (`target.hidden`, rows of its last
+    forward, kept when `target.keep_hidden` is set): one token, or up to the head's depth. Same interface as ModelDrafter
     (begin / draft / peek / update / cold / steps), so ChainedDrafter can use it as its model."""
 
     free_look = True  # peek() costs one head evaluation, no drafter forward: ChainedDrafter looks always
 
     def __init__(self, target, head: HiddenHead, n_vocab: int, sampling: SamplingConfig | None = None,
-                 seed: int = 0, prior_strength: float = 4.0) -> None:
+                 seed: int = 0, prior_strength: float = 4.0, max_depth: int | None = None,
+                 min_survival: float = 0.1) -> None:
         width = getattr(target, "n_embd", head.width)
         if width != head.width:
             raise TascError(f"the hidden head reads states of width {head.width}, the target's "
@@ -113,14 +126,19 @@ class HiddenHeadDrafter:
         self.sampling = sampling or SamplingConfig()
         self.rng = np.random.default_rng(seed)
         self.calibrator = AcceptanceCalibrator(prior_strength)
+        # a head trained to chain `depth` steps drafts that many at most; stop earlier once
+        # P(every draft so far accepted) drops below min_survival
+        self.max_depth = max(1, head.depth if max_depth is None else max_depth)
+        self.min_survival = min_survival
         self.steps = 0  # head evaluations (they read the head's weights, not the target's)
         self._state: tuple[np.ndarray, int] | None = None  # (hidden row, the token it produced)
-        self._probs: np.ndarray | None = None
+        self._first: tuple[np.ndarray, np.ndarray] | None = None  # (probs, u) after the committed sequence
         self._buckets: list[tuple] = []
 
     def fresh(self) -> "HiddenHeadDrafter":
         return HiddenHeadDrafter(self.target, self.head, self.n_vocab, self.sampling,
-                                 prior_strength=self.calibrator.prior_strength)
+                                 prior_strength=self.calibrator.prior_strength, max_depth=self.max_depth,
+                                 min_survival=self.min_survival)
 
     def close(self) -> None:
         pass
@@ -130,10 +148,10 @@ class HiddenHeadDrafter:
         # logits too): the first draft of a request comes from the n-grams alone. Whoever runs
         # the target without this drafter switches the output off again (bench, run --compare).
         self.target.keep_hidden = True
-        self._state, self._probs = None, None
+        self._state, self._first = None, None
 
     def cold(self) -> None:
-        self._state, self._probs = None, None
+        self._state, self._first = None, None
 
     def update(self, draft: Draft, n_accepted: int, committed: Sequence[int]) -> None:
         judged = min(len(draft.tokens), n_accepted + 1)
@@ -144,7 +162,7 @@ class HiddenHeadDrafter:
         hidden, row = getattr(self.target, "hidden", None), len(committed) - 1
         ok = hidden is not None and 0 <= row < len(hidden)
         self._state = (hidden[row], int(committed[-1])) if ok else None
-        self._probs = None
+        self._first = None
 
     def peek(self) -> tuple[int, float]:
         """The head's argmax after the committed sequence and its probability; (-1, 0) when it
@@ -156,22 +174,39 @@ class HiddenHeadDrafter:
         return self.kept.to_target(local), float(p[local])
 
     def draft(self, max_tokens: int, after: Sequence[int] = ()) -> Draft:
+        """Up to `max_depth` tokens: each step feeds the head's estimate u of the next state,
+        with the token it just proposed, back into it (a depth-1 head stops after one)."""
         self._buckets = []
         p = self._distribution()
         if max_tokens <= 0 or after or p is None:
             return Draft()  # nothing known past the committed sequence
-        local = int(np.argmax(p)) if self.sampling.greedy else sample(p, self.rng)
-        bucket = (min(int(p[local] * 10), 9),)
-        self._buckets = [bucket]
-        out = Draft([self.kept.to_target(local)], [self.calibrator.estimate(bucket, prior=float(p[local]))])
+        out, rows, survival = Draft(), [], 1.0
+        u = self._first[1]
+        for depth in range(min(max_tokens, self.max_depth)):
+            if depth:
+                logits, u = self.head.step(u, token)
+                p = draft_probs(logits.astype(np.float64), self.sampling)
+                self.steps += 1
+            conf, bucket = draft_confidence(self.calibrator, p, depth)  # from p, not from the sample
+            survival *= conf
+            if depth and survival < self.min_survival:
+                break
+            local = int(np.argmax(p)) if self.sampling.greedy else sample(p, self.rng)
+            token = self.kept.to_target(local)
+            out.tokens.append(token)
+            out.confidence.append(conf)
+            self._buckets.append(bucket)
+            rows.append(p)
         if not self.sampling.greedy:
-            out.probs = spread_to_vocab([p], self.kept, self.n_vocab)
+            out.probs = spread_to_vocab(rows, self.kept, self.n_vocab)
         return out
 
     def _distribution(self) -> np.ndarray | None:
+        """The head's distribution after the committed sequence (one evaluation per state)."""
         if self._state is None:
             return None
-        if self._probs is None:
-            self._probs = draft_probs(self.head.logits(*self._state).astype(np.float64), self.sampling)
+        if self._first is None:
+            logits, u = self.head.step(*self._state)
+            self._first = (draft_probs(logits.astype(np.float64), self.sampling), u)
             self.steps += 1
-        return self._probs
+        return self._first[0]

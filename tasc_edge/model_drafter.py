@@ -97,8 +97,7 @@ class ModelDrafter:
         for i in range(n):
             p = draft_probs(logits, self.sampling)
             local = int(np.argmax(p)) if self.sampling.greedy else sample(p, self.rng)
-            bucket = (min(int(p[local] * 10), 9),)
-            conf = self.calibrator.estimate(bucket, prior=float(p[local]))
+            conf, bucket = draft_confidence(self.calibrator, p, depth=0)  # one bucket set for every row
             survival *= conf
             if survival < self.cfg.min_survival and out.tokens:
                 break
@@ -284,6 +283,19 @@ class ChainedDrafter:
         tail = Draft(draft.tokens[k:], draft.confidence[k:])
         # the model's tokens were judged only if every n-gram token before them was accepted
         self.model.update(tail if n_accepted >= k else Draft(), max(n_accepted - k, 0), committed)
+
+
+def draft_confidence(calibrator: AcceptanceCalibrator, p: np.ndarray, depth: int) -> tuple[float, tuple]:
+    """(estimated acceptance, calibration bucket) of a model draft row drawn from `p`.
+
+    Read from the distribution's peak, never from the token sampled from it: the loop cuts
+    drafts and the drafter stops on these numbers, and a cut that depends on the sampled
+    token changes which tokens reach verification, so sampled output would leave the target
+    distribution (tests/test_vocabtrim.py measured p ~ 1e-44 when this used the sample's
+    probability). Greedy drafts take the argmax, whose probability is the peak: unchanged."""
+    peak = float(p.max())
+    bucket = (depth, min(int(peak * 10), 9))
+    return calibrator.estimate(bucket, prior=peak), bucket
 
 
 def draft_probs(logits: np.ndarray, sampling: SamplingConfig) -> np.ndarray:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from stats import chi_square_pvalue
+from tasc_edge.cost import CostCurve
 from tasc_edge.decode import Draft, GenerateConfig, generate
 from tasc_edge.drafters import NgramDrafter
 from tasc_edge.errors import TascError
@@ -346,6 +347,32 @@ def test_sampling_with_model_drafts_follows_target(pair, trim):
         counts[index[key]] += 1
         drafted += g.stats.drafted
     assert drafted > 0
+    assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
+
+
+def test_confidence_led_draft_length_does_not_bias_sampling(pair):
+    """The loop cuts a draft by its confidences (cost curve) and the drafter stops on them:
+    in sampling mode a confidence that depends on the token *sampled* at that position makes
+    inclusion depend on the sample, and output leaves the target distribution (p ~ 1e-72 here
+    before the fix). Confidences must come from the drafter's distribution only."""
+    target, same, _ = pair
+    sampling = SamplingConfig(temperature=1.5, top_k=4)
+    prompt = prompts(target, 1)[0]
+    joint, keys, index = two_token_outcomes(target, prompt, sampling)
+    # the target's own weights at another temperature: q overlaps p, so a sample-dependent
+    # cut changes what is accepted; one draft row pays off only for a confident token
+    drafter = ModelDrafter(same, target.n_vocab, None, SamplingConfig(temperature=1.0), seed=1,
+                           config=ModelDraftConfig(max_draft=2))
+    cfg = GenerateConfig(max_new_tokens=2, max_draft=2, sampling=sampling, stop_tokens=frozenset())
+    cost = CostCurve((1.0, 1.2, 1.5))
+    rng = np.random.default_rng(5)
+    counts = np.zeros(len(keys))
+    drafted = 0
+    for _ in range(2500):
+        g = generate(target, prompt, drafter, cfg, cost, rng=rng)
+        counts[index[tuple(g.tokens)]] += 1
+        drafted += g.stats.drafted
+    assert 0 < drafted < 2500  # the cost curve did cut some drafts and keep others
     assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
 
 
