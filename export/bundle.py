@@ -51,6 +51,7 @@ class ExportBundleConfig:
     hidden_head: int = 0  # K > 0: a hidden-state head over the top K ids (both formats)
     hidden_head_steps: int = 3000
     hidden_head_refs: int = 0  # reference outputs of up to N further train rows per task for the head
+    hidden_head_depths: tuple[int, ...] = (1,)  # one head per depth: tokens per draft it is trained to chain
 
 
 def export_bundle(cfg: ExportBundleConfig, log=print) -> list[Path]:
@@ -154,7 +155,7 @@ def _export_one(fmt: str, out: Path, cfg: ExportBundleConfig, log) -> None:
             heads, head_files = export_hidden_head(
                 out, work, backend, fmt, cfg.tasks, cfg.tables, cfg.hidden_head,
                 HeadTrainConfig(steps=cfg.hidden_head_steps, refs=cfg.hidden_head_refs), state,
-                lambda st: _write_state(work, st), log)
+                lambda st: _write_state(work, st), log, depths=cfg.hidden_head_depths)
             drafters.update(heads)
             files += head_files
             timings["hidden_head_s"] = time.perf_counter() - t

@@ -12,6 +12,11 @@ the reference agrees with the target, which multiplies the data at one batched f
 sequence (session 14's head, trained on 100 generations per task, was 99% right on its
 training rows and 70-78% on held-out ones). Labels outside the kept ids are dropped.
 
+With `depth` D > 1 the head is trained to chain D steps (EAGLE's feature regression with
+its own prediction fed back, as in HASS): its u must also match the next row's normalised
+hidden state, and step k + 1 reads (rms(u_k), the true next token), so the drafter can go on
+from its own estimate. Each example knows the example one row later in its sequence (`next`).
+
 Training is a few thousand Adam steps of a ~2.3 M-parameter MLP (d_ff 512, K = 1,024) on CPU
 (minutes), keeping the weights that did best on the held-out sequences; under
 torchrun/accelerate the same function runs data-parallel if the caller wraps the module, but
@@ -21,7 +26,7 @@ at this size one core is enough.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +46,8 @@ class HeadTrainConfig:
     weight_decay: float = 0.0
     holdout: float = 0.1  # share of sequences kept out to report accuracy and pick the best weights
     refs: int = 0  # reference outputs of up to this many further train rows per task
+    depth: int = 1  # steps the head is trained to chain (1: one token per draft, no feature loss)
+    feature_weight: float = 1.0  # weight of the next-state regression against the token loss
     seed: int = 0
 
 
@@ -52,6 +59,23 @@ class HeadExamples:
     sequence: np.ndarray  # [N] which sequence each example came from (for the holdout split)
     n_sequences: int  # sequences read (some may give no example)
     n_generated: int  # of which target generations: sequences 0 .. n_generated - 1
+    next: np.ndarray | None = None  # [N] index of the example one row later in the sequence, or -1
+
+    def save(self, path: Path) -> None:
+        import io
+
+        from tasc_edge.files import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.savez(buf, hidden=self.hidden, token=self.token, label=self.label, sequence=self.sequence,
+                 next=self.next, counts=np.array([self.n_sequences, self.n_generated]))
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> "HeadExamples":
+        with np.load(path, allow_pickle=False) as z:
+            n_seq, n_gen = (int(v) for v in z["counts"])
+            return cls(z["hidden"], z["token"], z["label"], z["sequence"], n_seq, n_gen, z["next"])
 
     @property
     def generated(self) -> np.ndarray:
@@ -66,7 +90,8 @@ def collect_examples(backend, pairs: Sequence[tuple[list[int], list[int]]], log=
     token the target itself would have chosen, its final hidden state and the target's argmax
     one row later. The first `n_generated` pairs (default: all) are the target's generations;
     only they are held out to measure the head, since those are the states it meets."""
-    hs, xs, ys, seq_ids = [], [], [], []
+    hs, xs, ys, seq_ids, nexts = [], [], [], [], []
+    base = 0
     start = time.perf_counter()
     backend.keep_hidden = True
     try:
@@ -91,6 +116,9 @@ def collect_examples(backend, pairs: Sequence[tuple[list[int], list[int]]], log=
             xs.append(x[r])
             ys.append(a[r + 1])
             seq_ids.append(np.full(len(r), i))
+            at = np.minimum(np.searchsorted(r, r + 1), max(len(r) - 1, 0))  # the example at row r + 1
+            nexts.append(np.where(r[at] == r + 1, base + at, -1) if len(r) else np.zeros(0, np.int64))
+            base += len(r)
             if (i + 1) % 100 == 0:
                 log(f"hidden states: {i + 1}/{len(pairs)} sequences ({time.perf_counter() - start:.0f} s)")
     finally:
@@ -99,7 +127,8 @@ def collect_examples(backend, pairs: Sequence[tuple[list[int], list[int]]], log=
         raise TascError("no output rows on the target's own path (sequences of two or more tokens "
                         "the target agrees with) to train a hidden head on")
     return HeadExamples(np.concatenate(hs).astype(np.float32), np.concatenate(xs), np.concatenate(ys),
-                        np.concatenate(seq_ids), len(pairs), len(pairs) if n_generated is None else n_generated)
+                        np.concatenate(seq_ids), len(pairs), len(pairs) if n_generated is None else n_generated,
+                        np.concatenate(nexts))
 
 
 def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_rows: np.ndarray,
@@ -125,6 +154,9 @@ def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_r
     d = head_rows.shape[1]
     h_all = torch.from_numpy(rms_normalise(ex.hidden))
     x_all, y_all = torch.from_numpy(x_local), torch.from_numpy(y)
+    if cfg.depth > 1 and ex.next is None:
+        raise TascError("a hidden head of depth > 1 needs examples that know their next row")
+    next_all = torch.from_numpy(ex.next if ex.next is not None else np.full(len(y), -1, np.int64))
     embed0 = np.vstack([rms_normalise(embed_rows), np.zeros((1, d), np.float32)])
     # w_out starts as the target's own head on normalised states, scaled to its logit range
     scale = float(np.median(np.linalg.norm(ex.hidden, axis=1)) / np.sqrt(d))
@@ -140,7 +172,25 @@ def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_r
 
         def forward(self, h, x):
             z = torch.nn.functional.silu(self.inp(torch.cat([h, self.embed[x]], dim=-1)))
-            return (h + self.mix(z)) @ self.out.T
+            u = h + self.mix(z)
+            return u @ self.out.T, u
+
+    def rms(u):
+        return u * torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    def unroll(sel: np.ndarray):
+        """(logits, labels, u, the next example) per step along each example's sequence: step
+        k + 1 reads (rms(u_k), the true next token) for the examples that have one."""
+        cur = torch.from_numpy(sel)
+        h = h_all[cur]
+        for k in range(cfg.depth):
+            logits, u = net(h, x_all[cur])
+            nxt = next_all[cur]
+            yield logits, y_all[cur], u, nxt
+            ok = nxt >= 0
+            if k + 1 == cfg.depth or not bool(ok.any()):
+                return
+            h, cur = rms(u[ok]), nxt[ok]
 
     net = Net()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -148,41 +198,68 @@ def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_r
     idx = np.flatnonzero(train)
     start = time.perf_counter()
 
-    def accuracy(mask: np.ndarray) -> float:
-        if not mask.any():
-            return float("nan")
-        with torch.no_grad():
-            sel = torch.from_numpy(np.flatnonzero(mask))
-            pred = net(h_all[sel], x_all[sel]).argmax(-1)
-            return float((pred == y_all[sel]).float().mean())
+    def accuracy(mask: np.ndarray) -> list[float]:
+        """Top-1 per step on the examples in `mask`; step k counts only where steps < k were
+        right (a draft's k-th token is judged only after the ones before it held)."""
+        out: list[float] = []
+        if mask.any():
+            with torch.no_grad():
+                alive = None  # per example of the current step: every earlier step right
+                for logits, y, _, nxt in unroll(np.flatnonzero(mask)):
+                    right = logits.argmax(-1) == y
+                    asked = (y >= 0) if alive is None else alive & (y >= 0)
+                    out.append(float(right[asked].float().mean()) if bool(asked.any()) else float("nan"))
+                    alive = (right if alive is None else alive & right)[nxt >= 0]
+        return out + [float("nan")] * (cfg.depth - len(out))
+
+    def expected_accepted(acc: list[float]) -> float:
+        """Tokens a full-depth draft gets accepted on average: a1 + a1 a2 + ... (= a1 at depth 1)."""
+        total, survive = 0.0, 1.0
+        for a in acc:
+            if a != a:  # nan: no example reached this step
+                break
+            survive *= a
+            total += survive
+        return total if acc and acc[0] == acc[0] else float("nan")
 
     acc0 = accuracy(test)
     best, best_step, best_state = -1.0, 0, None
     for step in range(cfg.steps):
-        sel = torch.from_numpy(rng.choice(idx, size=cfg.batch))
-        loss = torch.nn.functional.cross_entropy(net(h_all[sel], x_all[sel]), y_all[sel])
+        loss = torch.zeros(())
+        for logits, y, u, nxt in unroll(rng.choice(idx, size=cfg.batch)):
+            if bool((y >= 0).any()):
+                loss = loss + torch.nn.functional.cross_entropy(logits, y, ignore_index=-1)
+            ok = nxt >= 0
+            if cfg.depth > 1 and bool(ok.any()):  # u must also be the next row's state
+                loss = loss + cfg.feature_weight * torch.nn.functional.mse_loss(u[ok], h_all[nxt[ok]])
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         if (step + 1) % 500 == 0 or step + 1 == cfg.steps:
             acc = accuracy(test)
-            log(f"hidden head step {step + 1}/{cfg.steps}: loss {loss.item():.3f}, holdout top-1 {acc:.3f}")
-            if not acc <= best:  # nan (no holdout) keeps the latest weights
-                best, best_step = acc, step + 1
+            score = expected_accepted(acc)
+            log(f"hidden head step {step + 1}/{cfg.steps}: loss {loss.item():.3f}, holdout top-1 "
+                f"{' / '.join(f'{a:.3f}' for a in acc)}")
+            if not score <= best:  # nan (no holdout) keeps the latest weights
+                best, best_step = score, step + 1
                 best_state = {n: p.detach().clone() for n, p in net.state_dict().items()}
     if best_state is not None:  # the weights that did best on sequences it never trained on
         net.load_state_dict(best_state)
+    held_acc, train_acc = accuracy(test), accuracy(train)
     stats = {"examples": int(train.sum()), "holdout_examples": int(test.sum()),
              "dropped_outside_kept": int((~keep).sum()), "train_s": round(time.perf_counter() - start, 1),
-             "holdout_top1_before": acc0, "holdout_top1": accuracy(test), "train_top1": accuracy(train),
+             "holdout_top1_before": acc0[0], "holdout_top1": held_acc[0], "train_top1": train_acc[0],
              "best_step": best_step, "generated_sequences": int(len(seqs)),
              "reference_sequences": int(ex.n_sequences - ex.n_generated),
-             "reference_examples": int((train & ~ex.generated).sum())}
-    log(f"hidden head: holdout top-1 {stats['holdout_top1_before']:.3f} -> {stats['holdout_top1']:.3f} "
-        f"({stats['holdout_examples']} examples), {stats['train_s']} s")
+             "reference_examples": int((train & ~ex.generated).sum()), "depth": cfg.depth}
+    if cfg.depth > 1:
+        stats.update({"holdout_top1_by_step": held_acc, "train_top1_by_step": train_acc,
+                      "holdout_expected_accepted": expected_accepted(held_acc)})
+    log(f"hidden head: holdout top-1 {stats['holdout_top1_before']:.3f} -> "
+        f"{' / '.join(f'{a:.3f}' for a in held_acc)} ({stats['holdout_examples']} examples), {stats['train_s']} s")
     w = {n: p.detach().numpy().astype(np.float32) for n, p in net.named_parameters()}
-    head = HiddenHead(kept, w["inp.weight"], w["inp.bias"], w["mix.weight"], w["embed"], w["out"])
+    head = HiddenHead(kept, w["inp.weight"], w["inp.bias"], w["mix.weight"], w["embed"], w["out"], cfg.depth)
     return head, stats
 
 
@@ -205,9 +282,11 @@ def gguf_rows(path: Path, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str], tables_cfg, top_k: int,
-                       hcfg: HeadTrainConfig, state: dict, save_state, log) -> tuple[dict, list[dict]]:
-    """(manifest["drafters"] entries, file entries) for drafter/head-k<K> of a bundle whose
-    target (`backend`, format `fmt`) outputs hidden states."""
+                       hcfg: HeadTrainConfig, state: dict, save_state, log,
+                       depths: Sequence[int] = (1,)) -> tuple[dict, list[dict]]:
+    """(manifest["drafters"] entries, file entries) for drafter/head-k<K> (depth 1) and
+    head-k<K>-d<D> (trained to chain D tokens) of a bundle whose target (`backend`, format
+    `fmt`) outputs hidden states. The hidden states are collected once for every depth."""
     if not getattr(backend, "has_hidden", False):
         raise TascError("this bundle's target outputs no hidden states; re-export its model")
     from tasc_edge.export.tables import train_generations
@@ -230,31 +309,8 @@ def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str
             tokens_of = {r.id: seq for r, seq in zip(with_output, ref)}  # tokenized once, above
             refs += [(backend.chat_prompt(r.prompt), tokens_of[r.id])
                      for r in loaded.train[len(rows) : len(rows) + hcfg.refs] if r.id in tokens_of]
-    variant = f"head-k{top_k}"
-    folder = out / "drafter" / variant
-    key = f"{state.get('model')}|{len(pairs)}|{len(refs)}|{top_k}|{hcfg}"
-    if state.get(f"drafter:{variant}") != key or not (folder / "head.npz").is_file():
-        kept = choose_kept(token_counts([g for _, g in pairs], backend.n_vocab), backend.tokenizer_hash,
-                           "target", top_k=top_k, always={*backend.stop_tokens, end})
-        t = time.perf_counter()
-        ex = collect_examples(backend, pairs + refs, log, n_generated=len(pairs))
-        collect_s = time.perf_counter() - t
-        if fmt == "gguf":
-            head_rows, embed_rows = gguf_rows(out / "model.gguf", kept.ids)
-        else:  # the ONNX target's input table; w_out starts from it too (the head, if tied)
-            from tasc_edge.runtime.onnx_backend import EMBED_FILE
-
-            embed_rows = np.ascontiguousarray(np.load(out / EMBED_FILE, mmap_mode="r")[kept.ids], dtype=np.float32)
-            head_rows = embed_rows
-        head, stats = train_head(ex, kept, head_rows, embed_rows, hcfg, log)
-        stats["collect_s"] = round(collect_s, 1)
-        folder.mkdir(parents=True, exist_ok=True)
-        head.save(folder / "head.npz")
-        kept.save(folder / "kept.npz")
-        state.update({f"drafter:{variant}": key, f"train:{variant}": stats})
-        save_state(state)
-    kept = KeptVocab.load(folder / "kept.npz", backend.tokenizer_hash)
-    head_bytes = HiddenHead.load(folder / "head.npz", kept).step_bytes()
+    kept = choose_kept(token_counts([g for _, g in pairs], backend.n_vocab), backend.tokenizer_hash,
+                       "target", top_k=top_k, always={*backend.stop_tokens, end})
     if fmt == "gguf":
         from tasc_edge.export.gguf_drafter import gguf_step_bytes
 
@@ -263,11 +319,58 @@ def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str
         from tasc_edge.export.onnx import step_bytes
 
         target_bytes = step_bytes(out / "model.onnx")
-    entry = {"kind": "hidden-head", "dir": f"drafter/{variant}", "k": kept.k, "coverage": kept.coverage,
-             "calib": kept.calib, "calib_tokens": kept.calib_tokens, "layers": 0,
-             "step_bytes": head_bytes, "target_step_bytes": target_bytes, "c": head_bytes / target_bytes,
-             "train": state.get(f"train:{variant}")}
-    log(f"hidden head {variant}: K={kept.k}, coverage {kept.coverage:.3f}, {head_bytes / 1e6:.1f} MB "
-        f"per step (fp32), c = {entry['c']:.4f}")
-    files = [file_entry(out, f, f"hidden-state head {variant}") for f in sorted(folder.iterdir()) if f.is_file()]
-    return {variant: entry}, files
+    examples: list[HeadExamples] = []  # collected (or read back) once, for every depth
+    entries, files = {}, []
+    for depth in depths:
+        cfg = replace(hcfg, depth=depth)
+        variant = f"head-k{top_k}" + (f"-d{depth}" if depth > 1 else "")
+        folder = out / "drafter" / variant
+        key = f"{state.get('model')}|{len(pairs)}|{len(refs)}|{top_k}|{cfg}"
+        if state.get(f"drafter:{variant}") != key or not (folder / "head.npz").is_file():
+            t = time.perf_counter()
+            if not examples:
+                examples.append(_examples(backend, pairs, refs, work, state, save_state, log))
+            collect_s = time.perf_counter() - t
+            head, stats = train_head(examples[0], kept, *_start_rows(out, fmt, kept), cfg, log)
+            stats["collect_s"] = round(collect_s, 1)
+            folder.mkdir(parents=True, exist_ok=True)
+            head.save(folder / "head.npz")
+            kept.save(folder / "kept.npz")
+            state.update({f"drafter:{variant}": key, f"train:{variant}": stats})
+            save_state(state)
+        mine = KeptVocab.load(folder / "kept.npz", backend.tokenizer_hash)
+        head_bytes = HiddenHead.load(folder / "head.npz", mine).step_bytes()
+        entries[variant] = {
+            "kind": "hidden-head", "dir": f"drafter/{variant}", "k": mine.k, "coverage": mine.coverage,
+            "calib": mine.calib, "calib_tokens": mine.calib_tokens, "layers": 0, "depth": depth,
+            "step_bytes": head_bytes, "target_step_bytes": target_bytes, "c": head_bytes / target_bytes,
+            "train": state.get(f"train:{variant}")}
+        log(f"hidden head {variant}: K={mine.k}, coverage {mine.coverage:.3f}, {head_bytes / 1e6:.1f} MB "
+            f"per step (fp32), c = {head_bytes / target_bytes:.4f}")
+        files += [file_entry(out, f, f"hidden-state head {variant}") for f in sorted(folder.iterdir()) if f.is_file()]
+    return entries, files
+
+
+def _examples(backend, pairs, refs, work: Path, state: dict, save_state, log) -> HeadExamples:
+    """The hidden states depend on the target and the sequences only, not on K or the
+    training settings: kept in the work folder, a re-train skips the slowest step."""
+    cache, key = work / "head-examples.npz", f"{state.get('model')}|{len(pairs)}|{len(refs)}"
+    if state.get("head-examples") == key and cache.is_file():
+        ex = HeadExamples.load(cache)
+        log(f"hidden states: {len(ex.label)} examples from {cache.name} (collected before)")
+        return ex
+    ex = collect_examples(backend, pairs + refs, log, n_generated=len(pairs))
+    ex.save(cache)
+    state["head-examples"] = key
+    save_state(state)
+    return ex
+
+
+def _start_rows(out: Path, fmt: str, kept: KeptVocab) -> tuple[np.ndarray, np.ndarray]:
+    """(output-head rows, input-embedding rows) of the kept ids: where the head starts."""
+    if fmt == "gguf":
+        return gguf_rows(out / "model.gguf", kept.ids)
+    from tasc_edge.runtime.onnx_backend import EMBED_FILE  # the ONNX target's input table, and
+
+    embed_rows = np.ascontiguousarray(np.load(out / EMBED_FILE, mmap_mode="r")[kept.ids], dtype=np.float32)
+    return embed_rows, embed_rows  # its output head too (tied)

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     vt.add_argument("--hidden-head-refs", type=int, default=0, metavar="N",
                     help="also train the head on the dataset outputs of up to N further train rows "
                          "per task (labels: the target's own argmax along them)")
+    vt.add_argument("--hidden-head-depth", default="1", metavar="D[,D...]",
+                    help="one head per depth D: trained to chain D tokens per draft (EAGLE-style "
+                         "next-state regression when D > 1; variant head-k<K>-d<D>)")
     _add_model_args(exp)
     _add_ft_parser(sub)
     srv = sub.add_parser("serve", help="OpenAI-compatible HTTP server on 127.0.0.1 (serve extra)")
@@ -340,10 +343,21 @@ def _export(args: argparse.Namespace) -> int:
                                 model=args.model, format=args.format, onnx_quant=args.onnx_quant,
                                 gguf_quant=args.quant, tables=cfg, drafter=drafter,
                                 hidden_head=args.hidden_head, hidden_head_steps=args.hidden_head_steps,
-                                hidden_head_refs=args.hidden_head_refs)
+                                hidden_head_refs=args.hidden_head_refs,
+                                hidden_head_depths=_depths(args.hidden_head_depth))
     for out in export_bundle(bundle):
         print(f"bundle written: {out}")
     return 0
+
+
+def _depths(text: str) -> tuple[int, ...]:
+    try:
+        depths = tuple(sorted({int(d) for d in text.split(",") if d.strip()}))
+    except ValueError:
+        depths = ()
+    if not depths or min(depths) < 1:
+        raise TascError(f"--hidden-head-depth {text!r}: give depths of 1 or more, e.g. 1,3")
+    return depths
 
 
 def _serve(args: argparse.Namespace) -> int:

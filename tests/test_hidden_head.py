@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from stats import chi_square_pvalue  # noqa: E402
+from tasc_edge.cost import CostCurve  # noqa: E402
 from tasc_edge.decode import GenerateConfig, generate  # noqa: E402
 from tasc_edge.drafters import NgramDrafter  # noqa: E402
 from tasc_edge.errors import TascError  # noqa: E402
@@ -20,8 +21,8 @@ from tasc_edge.ngram import NgramTable  # noqa: E402
 from tasc_edge.runtime import llama_backend  # noqa: E402
 from tasc_edge.verify import SamplingConfig  # noqa: E402
 from tasc_edge.vocab_trim import choose_kept, token_counts  # noqa: E402
-from test_decode_llama import prompts  # noqa: E402
-from test_vocabtrim import two_token_outcomes  # noqa: E402
+from tasc_edge.verify import target_probs  # noqa: E402
+from test_decode_llama import exact_two_token_distribution, prompts  # noqa: E402
 from tiny_gguf import write_tiny_gguf  # noqa: E402
 
 
@@ -77,7 +78,8 @@ def test_hidden_head_reads_the_row_that_produced_the_newest_token(target):
     assert not target.keep_hidden or target.hidden is not None
 
 
-def test_hidden_head_drafts_stay_exact_alone_and_chained(target):
+@pytest.mark.parametrize("depth", [1, 3])
+def test_hidden_head_drafts_stay_exact_alone_and_chained(target, depth):
     cfg, ps, outs = refs(target)
     kept = choose_kept(token_counts(outs, target.n_vocab), target.tokenizer_hash, "target",
                        coverage=1.0, always=target.stop_tokens)
@@ -86,39 +88,74 @@ def test_hidden_head_drafts_stay_exact_alone_and_chained(target):
     head = HiddenHead(kept, rng.standard_normal((16, 2 * d), dtype=np.float32),
                       np.zeros(16, np.float32), rng.standard_normal((d, 16), dtype=np.float32) * 0.1,
                       rng.standard_normal((kept.k + 1, d), dtype=np.float32),
-                      rng.standard_normal((kept.k, d), dtype=np.float32))
+                      rng.standard_normal((kept.k, d), dtype=np.float32), depth=depth)
     table = NgramTable.build([o for o in outs[:3] if len(o) >= 2], target.tokenizer_hash)
-    for make in (lambda: HiddenHeadDrafter(target, head, target.n_vocab),
+    for make in (lambda: HiddenHeadDrafter(target, head, target.n_vocab, min_survival=0.0),
                  lambda: ChainedDrafter(NgramDrafter(table), HiddenHeadDrafter(target, head, target.n_vocab),
                                         ask_below=1.0)):
-        drafter, drafted = make(), 0
+        drafter, drafted, forwards = make(), 0, 0
         for p, ref in zip(ps, outs):
             g = generate(target, p, drafter, cfg)
             assert g.tokens == ref
             drafted += g.stats.drafted
+            forwards += g.stats.target_forwards
         assert drafted > 0 and drafter.steps > 0
+        if depth > 1 and isinstance(drafter, HiddenHeadDrafter):  # it chained its own states
+            assert drafted > forwards and drafter.steps > forwards
     target.keep_hidden = False
 
 
-def test_hidden_head_sampling_follows_target(target):
+def three_token_outcomes(target, prompt, sampling):
+    """The target's exact distribution over its next three tokens (each a dict key)."""
+    first = exact_two_token_distribution(target, prompt, sampling)
+    joint = {}
+    for (t1, t2), p12 in first.items():
+        target.prefill([*prompt, t1])
+        p3 = target_probs(target.forward([t2])[0], sampling)
+        for t3 in np.flatnonzero(p3):
+            joint[(t1, t2, int(t3))] = p12 * p3[t3]
+    keys = sorted(joint)
+    return joint, keys, {k: i for i, k in enumerate(keys)}
+
+
+@pytest.mark.parametrize("depth,cost", [(1, None), (2, None), (2, CostCurve((1.0, 1.0, 1.02)))])
+def test_hidden_head_sampling_follows_target(target, depth, cost):
+    """The first forward has no hidden state (plain); the second verifies up to two head
+    tokens, the second drawn from the head's own state estimate at depth 2, and the cost
+    curve cuts drafts by confidence: none of it may move output off the target distribution."""
     sampling = SamplingConfig(temperature=1.5, top_k=4)
     prompt = prompts(target, 1)[0]
-    joint, keys, index = two_token_outcomes(target, prompt, sampling)
+    joint, keys, index = three_token_outcomes(target, prompt, sampling)
     kept = all_ids(target)
     rng = np.random.default_rng(2)
     d = target.n_embd
     # a random head over every id: its proposals are often wrong, so rejections are exercised
     head = HiddenHead(kept, rng.standard_normal((8, 2 * d), dtype=np.float32), np.zeros(8, np.float32),
-                      np.zeros((d, 8), np.float32), np.zeros((kept.k + 1, d), np.float32),
-                      rng.standard_normal((kept.k, d), dtype=np.float32) * 0.2)
-    cfg = GenerateConfig(max_new_tokens=3, max_draft=2, sampling=sampling, stop_tokens=frozenset())
-    drafter = HiddenHeadDrafter(target, head, target.n_vocab, SamplingConfig(temperature=1.0), seed=1)
+                      rng.standard_normal((d, 8), dtype=np.float32) * 0.1, np.zeros((kept.k + 1, d), np.float32),
+                      rng.standard_normal((kept.k, d), dtype=np.float32) * 0.2, depth=depth)
+    cfg = GenerateConfig(max_new_tokens=4, max_draft=2, sampling=sampling, stop_tokens=frozenset())
+    lengths: set[int] = set()  # draft lengths of the second forward (room for two)
+
+    class Spy(HiddenHeadDrafter):
+        def begin(self, prompt):
+            self.forwards = 0
+            super().begin(prompt)
+
+        def update(self, draft, n_accepted, committed):
+            self.forwards += 1
+            if self.forwards == 2:
+                lengths.add(len(draft.tokens))
+            super().update(draft, n_accepted, committed)
+
+    drafter = Spy(target, head, target.n_vocab, SamplingConfig(temperature=1.0), seed=1, min_survival=0.0)
     counts = np.zeros(len(keys))
-    for _ in range(2000):
-        key = tuple(generate(target, prompt, drafter, cfg, rng=rng).tokens[:2])
+    for _ in range(3000):
+        key = tuple(generate(target, prompt, drafter, cfg, cost, rng=rng).tokens[:3])
         assert key in index, f"sampled {key}, which the target gives probability 0"
         counts[index[key]] += 1
-    assert drafter.steps > 0
+    assert drafter.steps > 0 and max(lengths) == depth  # depth 2 verified two head tokens at a time
+    if cost is not None:  # and the cost curve cut some of those drafts to one token, by confidence
+        assert lengths >= {1, 2}
     assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
     target.keep_hidden = False
 
@@ -172,7 +209,8 @@ def head_bundle(request, tmp_path_factory):
     tables = ExportTablesConfig(task="", out="", corpus="both", n_ctx=1024, train_limit=40, max_new_tokens=32)
     cfg = ExportBundleConfig(tasks=["demo"], out=str(root / "b"), model=str(model), format=request.param,
                              gguf_quant="as-is", onnx_quant="int8", tables=tables, hidden_head=64,
-                             hidden_head_steps=300, hidden_head_refs=20 if request.param == "onnx" else 0)
+                             hidden_head_steps=300, hidden_head_refs=20 if request.param == "onnx" else 0,
+                             hidden_head_depths=(1, 2))
     export_bundle(cfg, log=lambda *_: None)
     return root / "b", cfg
 
@@ -189,7 +227,13 @@ def test_exported_hidden_head_learns_and_stays_exact(head_bundle):
     train = entry["train"]
     assert train["examples"] > 256 and train["holdout_top1"] > train["holdout_top1_before"]
     assert train["reference_sequences"] == (20 if cfg.hidden_head_refs else 0)
-    assert_drafters_exact(path, ("head-k64",))
+    # the depth-2 head: trained on the same states, its second step learned something too
+    deep = load_bundle(path).manifest["drafters"]["head-k64-d2"]
+    assert deep["depth"] == 2 and deep["k"] == entry["k"] and deep["train"]["depth"] == 2
+    # (the tiny ONNX model's held-out second steps are too few to judge: train rows here)
+    assert deep["train"]["holdout_top1"] > train["holdout_top1_before"]
+    assert deep["train"]["train_top1_by_step"][1] > 0.5
+    assert_drafters_exact(path, ("head-k64", "head-k64-d2"))
 
 
 def test_hidden_head_export_is_resumed_not_redone(head_bundle):
@@ -202,3 +246,18 @@ def test_hidden_head_export_is_resumed_not_redone(head_bundle):
     export_bundle(cfg, log=lines.append)
     assert head.stat().st_mtime_ns == before
     assert not any("hidden head step" in line for line in lines)
+
+
+def test_new_head_depth_reuses_the_collected_hidden_states(head_bundle):
+    from dataclasses import replace
+
+    from tasc_edge.export.bundle import export_bundle
+    from tasc_edge.runtime.bundle import load_bundle
+
+    path, cfg = head_bundle
+    lines: list[str] = []
+    export_bundle(replace(cfg, hidden_head_depths=(1, 2, 3)), log=lines.append)
+    assert any("collected before" in line for line in lines)  # read back, not re-run
+    assert any("hidden head step" in line for line in lines)  # the depth-3 head was trained
+    drafters = load_bundle(path).manifest["drafters"]
+    assert {"head-k64", "head-k64-d2", "head-k64-d3"} <= set(drafters)
