@@ -133,6 +133,7 @@ class HiddenHeadDrafter:
         self.steps = 0  # head evaluations (they read the head's weights, not the target's)
         self._state: tuple[np.ndarray, int] | None = None  # (hidden row, the token it produced)
         self._first: tuple[np.ndarray, np.ndarray] | None = None  # (probs, u) after the committed sequence
+        self._chain: tuple[Draft, list, bool] | None = None  # argmax chain, its buckets, may go on
         self._buckets: list[tuple] = []
 
     def fresh(self) -> "HiddenHeadDrafter":
@@ -148,10 +149,10 @@ class HiddenHeadDrafter:
         # logits too): the first draft of a request comes from the n-grams alone. Whoever runs
         # the target without this drafter switches the output off again (bench, run --compare).
         self.target.keep_hidden = True
-        self._state, self._first = None, None
+        self._state, self._first, self._chain = None, None, None
 
     def cold(self) -> None:
-        self._state, self._first = None, None
+        self._state, self._first, self._chain = None, None, None
 
     def update(self, draft: Draft, n_accepted: int, committed: Sequence[int]) -> None:
         judged = min(len(draft.tokens), n_accepted + 1)
@@ -162,7 +163,7 @@ class HiddenHeadDrafter:
         hidden, row = getattr(self.target, "hidden", None), len(committed) - 1
         ok = hidden is not None and 0 <= row < len(hidden)
         self._state = (hidden[row], int(committed[-1])) if ok else None
-        self._first = None
+        self._first, self._chain = None, None
 
     def peek(self) -> tuple[int, float]:
         """The head's argmax after the committed sequence and its probability; (-1, 0) when it
@@ -177,29 +178,56 @@ class HiddenHeadDrafter:
         """Up to `max_depth` tokens: each step feeds the head's estimate u of the next state,
         with the token it just proposed, back into it (a depth-1 head stops after one)."""
         self._buckets = []
-        p = self._distribution()
-        if max_tokens <= 0 or after or p is None:
+        if max_tokens <= 0 or after or self._distribution() is None:
             return Draft()  # nothing known past the committed sequence
-        out, rows, survival = Draft(), [], 1.0
-        u = self._first[1]
-        for depth in range(min(max_tokens, self.max_depth)):
-            if depth:
-                logits, u = self.head.step(u, token)
-                p = draft_probs(logits.astype(np.float64), self.sampling)
-                self.steps += 1
-            conf, bucket = draft_confidence(self.calibrator, p, depth)  # from p, not from the sample
-            survival *= conf
-            if depth and survival < self.min_survival:
-                break
-            local = int(np.argmax(p)) if self.sampling.greedy else sample(p, self.rng)
-            token = self.kept.to_target(local)
+        if self.sampling.greedy:
+            out, self._buckets = self._argmax_chain(max_tokens)
+            return out
+        out, rows = Draft(), []
+        for token, p, conf, bucket in self._walk(max_tokens, lambda p: sample(p, self.rng)):
             out.tokens.append(token)
             out.confidence.append(conf)
             self._buckets.append(bucket)
             rows.append(p)
-        if not self.sampling.greedy:
-            out.probs = spread_to_vocab(rows, self.kept, self.n_vocab)
+        out.probs = spread_to_vocab(rows, self.kept, self.n_vocab)
         return out
+
+    def peek_chain(self, max_tokens: int) -> Draft:
+        """The head's argmax chain after the committed sequence, with its confidences: what a
+        greedy draft() would give, and what a chained drafter may choose on without biasing
+        sampling (it never depends on a sample). Computed once per state, extended as asked."""
+        if max_tokens <= 0 or self._distribution() is None:
+            return Draft()
+        return self._argmax_chain(max_tokens)[0]
+
+    def _argmax_chain(self, n: int) -> tuple[Draft, list[tuple]]:
+        have = self._chain
+        if have is None or (len(have[0].tokens) < n and have[2]):
+            walk = self._walk(n, lambda p: int(np.argmax(p)))
+            steps = list(walk)
+            more = len(steps) == min(n, self.max_depth)  # cut by n, not by the head's own stop
+            have = (Draft([t for t, *_ in steps], [c for *_, c, _ in steps]), [b for *_, b in steps], more)
+            self._chain = have
+        return have[0].truncate(n), have[1][:n]
+
+    def _walk(self, n: int, pick):
+        """(token, distribution, confidence, bucket) per draft row, from the committed state;
+        stops at n rows, the head's depth, or once P(all accepted) < min_survival. The stop
+        reads confidences from the distributions, never from the picked token."""
+        p, u = self._first
+        survival, token = 1.0, -1
+        for depth in range(min(n, self.max_depth)):
+            if depth:
+                logits, u = self.head.step(u, token)
+                p = draft_probs(logits.astype(np.float64), self.sampling)
+                self.steps += 1
+            conf, bucket = draft_confidence(self.calibrator, p, depth)
+            survival *= conf
+            if depth and survival < self.min_survival:
+                return
+            local = pick(p)
+            token = self.kept.to_target(local)
+            yield token, p, conf, bucket
 
     def _distribution(self) -> np.ndarray | None:
         """The head's distribution after the committed sequence (one evaluation per state)."""

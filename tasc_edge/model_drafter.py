@@ -184,7 +184,9 @@ class ChainedDrafter:
         self.looks = AcceptanceCalibrator(prior_strength=4.0)  # P(first token right | look)
         self._split = 0  # tokens of the last draft that came from the n-grams
         self._looked: tuple | None = None  # (n-gram key, its token, model key, its token)
-        self._model_first = False  # the last draft is the model's one token + n-grams after it
+        self._model_first = 0  # the last draft is this many model tokens + n-grams after them
+        # a model that drafts several tokens from one look (a hidden head of depth > 1)
+        self._deep = getattr(model, "max_depth", 1) > 1 and hasattr(model, "peek_chain")
 
     @property
     def steps(self) -> int:
@@ -198,7 +200,7 @@ class ChainedDrafter:
         self.model.cold()
 
     def draft(self, max_tokens: int) -> Draft:
-        self._looked, self._model_first, self._split = None, False, 0
+        self._looked, self._model_first, self._split = None, 0, 0
         if max_tokens <= 0:
             return Draft()
         a = self.ngram.draft(max_tokens)
@@ -228,6 +230,11 @@ class ChainedDrafter:
         pa = self.looks.estimate(key_a, prior=a.confidence[0])
         pb = self.looks.estimate(key_b, prior=p)
         self._looked = (key_a, a.tokens[0], key_b, mine)
+        if self._deep:  # the head's whole chain against the n-grams' draft, by expected tokens
+            chain = self.model.peek_chain(max_tokens)
+            if expected_accepted([pb, *chain.confidence[1:]]) > expected_accepted([pa, *a.confidence[1:]]):
+                return self._chain_then_ngrams(max_tokens, len(chain.tokens), pb)
+            return Draft(a.tokens, [pa, *a.confidence[1:]], a.probs)
         if agree or pa >= pb:
             return Draft(a.tokens, [pa, *a.confidence[1:]], a.probs)
         return self._fill(max_tokens, mine, first_confidence=pb)
@@ -238,6 +245,11 @@ class ChainedDrafter:
         after its argmax `mine` either. Decided on the argmax, never on a sample, so sampling
         stays exact; the model's token itself is its sample (from the peeked logits)."""
         after_mine = self.ngram.draft(max_tokens - 1, after=[mine])
+        if self._deep:  # the head's own chain, or its first token and the n-grams after it
+            chain = self.model.peek_chain(max_tokens)
+            first = chain.confidence[0] if first_confidence is None else first_confidence
+            if expected_accepted(chain.confidence[1:]) > expected_accepted(after_mine.confidence):
+                return self._chain_then_ngrams(max_tokens, len(chain.tokens), first)
         if max_tokens > 1 and not after_mine.tokens:
             b = self.model.draft(max_tokens)
             self._split = 0
@@ -246,7 +258,7 @@ class ChainedDrafter:
             # greedy (and most samples) draw `mine` itself: its continuation is already there,
             # and it was the n-grams' last draft, so their calibration bookkeeping matches
             rest = after_mine if b.tokens == [mine] else self.ngram.draft(max_tokens - 1, after=b.tokens)
-            self._model_first = True
+            self._model_first = 1
             probs = None
             if b.probs is not None:  # n-gram tokens are point masses
                 probs = np.zeros((1 + len(rest.tokens), self.model.n_vocab))
@@ -256,6 +268,21 @@ class ChainedDrafter:
         if first_confidence is not None and b.tokens:
             b.confidence[0] = first_confidence
         return b
+
+    def _chain_then_ngrams(self, max_tokens: int, n: int, first_confidence: float) -> Draft:
+        """Up to n model tokens (greedy: the chain peeked at; sampling: drawn now), then the
+        n-grams after them. The choice was made on the argmax chain, so sampling stays exact."""
+        b = self.model.draft(n)
+        if not b.tokens:
+            return b
+        rest = self.ngram.draft(max_tokens - len(b.tokens), after=b.tokens) if len(b.tokens) < max_tokens else Draft()
+        self._model_first, self._split = len(b.tokens), 0
+        probs = None
+        if b.probs is not None:  # n-gram tokens are point masses
+            probs = np.zeros((len(b.tokens) + len(rest.tokens), self.model.n_vocab))
+            probs[: len(b.tokens)] = b.probs
+            probs[np.arange(len(b.tokens), len(probs)), rest.tokens] = 1.0
+        return Draft(b.tokens + rest.tokens, [first_confidence, *b.confidence[1:], *rest.confidence], probs)
 
     def _continue(self, a: Draft, max_tokens: int) -> Draft:
         """`sure`: the model drafts after the n-gram part it keeps."""
@@ -273,16 +300,26 @@ class ChainedDrafter:
             key_a, tok_a, key_b, tok_b = self._looked
             self.looks.observe(key_a, accepted=tok_a == committed[0])
             self.looks.observe(key_b, accepted=tok_b == committed[0])
-        if self._model_first:  # the n-gram tokens were judged only if the model's one held
-            self.model.update(draft.truncate(1), min(n_accepted, 1), committed)
-            rest = Draft(draft.tokens[1:], draft.confidence[1:]) if n_accepted >= 1 else Draft()
-            self.ngram.update(rest, max(n_accepted - 1, 0), committed)
+        if self._model_first:  # the n-gram tokens were judged only if the model's all held
+            m = self._model_first
+            self.model.update(draft.truncate(m), min(n_accepted, m), committed)
+            rest = Draft(draft.tokens[m:], draft.confidence[m:]) if n_accepted >= m else Draft()
+            self.ngram.update(rest, max(n_accepted - m, 0), committed)
             return
         k = min(self._split, len(draft.tokens))
         self.ngram.update(draft.truncate(k), min(n_accepted, k), committed)
         tail = Draft(draft.tokens[k:], draft.confidence[k:])
         # the model's tokens were judged only if every n-gram token before them was accepted
         self.model.update(tail if n_accepted >= k else Draft(), max(n_accepted - k, 0), committed)
+
+
+def expected_accepted(confidence: Sequence[float]) -> float:
+    """Tokens a draft gets accepted on average: sum over i of P(tokens 1..i all accepted)."""
+    total, survive = 0.0, 1.0
+    for c in confidence:
+        survive *= c
+        total += survive
+    return total
 
 
 def draft_confidence(calibrator: AcceptanceCalibrator, p: np.ndarray, depth: int) -> tuple[float, tuple]:

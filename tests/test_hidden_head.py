@@ -52,6 +52,16 @@ def mirror_head(target, kept) -> HiddenHead:
                       np.zeros((d, 8), np.float32), np.zeros((k + 1, d), np.float32), head_rows)
 
 
+class CountingChained(ChainedDrafter):
+    """Counts the drafts where the head's own chain was chosen."""
+
+    chains = 0
+
+    def _chain_then_ngrams(self, *args):
+        self.chains += 1
+        return super()._chain_then_ngrams(*args)
+
+
 def all_ids(target):
     counts = np.ones(target.n_vocab, dtype=np.int64)
     return choose_kept(counts, target.tokenizer_hash, "target", top_k=target.n_vocab)
@@ -91,8 +101,8 @@ def test_hidden_head_drafts_stay_exact_alone_and_chained(target, depth):
                       rng.standard_normal((kept.k, d), dtype=np.float32), depth=depth)
     table = NgramTable.build([o for o in outs[:3] if len(o) >= 2], target.tokenizer_hash)
     for make in (lambda: HiddenHeadDrafter(target, head, target.n_vocab, min_survival=0.0),
-                 lambda: ChainedDrafter(NgramDrafter(table), HiddenHeadDrafter(target, head, target.n_vocab),
-                                        ask_below=1.0)):
+                 lambda: CountingChained(NgramDrafter(table), HiddenHeadDrafter(target, head, target.n_vocab),
+                                         ask_below=1.0)):
         drafter, drafted, forwards = make(), 0, 0
         for p, ref in zip(ps, outs):
             g = generate(target, p, drafter, cfg)
@@ -102,6 +112,8 @@ def test_hidden_head_drafts_stay_exact_alone_and_chained(target, depth):
         assert drafted > 0 and drafter.steps > 0
         if depth > 1 and isinstance(drafter, HiddenHeadDrafter):  # it chained its own states
             assert drafted > forwards and drafter.steps > forwards
+        if isinstance(drafter, CountingChained):  # a deep head's chain was chosen, never a shallow one's
+            assert (drafter.chains > 0) == (depth > 1)
     target.keep_hidden = False
 
 
@@ -156,6 +168,35 @@ def test_hidden_head_sampling_follows_target(target, depth, cost):
     assert drafter.steps > 0 and max(lengths) == depth  # depth 2 verified two head tokens at a time
     if cost is not None:  # and the cost curve cut some of those drafts to one token, by confidence
         assert lengths >= {1, 2}
+    assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
+    target.keep_hidden = False
+
+
+def test_chained_deep_head_sampling_follows_target(target):
+    """Chained behind n-grams, a depth-2 head's whole chain is chosen (on its argmax chain)
+    where the n-grams have less to offer, then drawn and followed by n-gram tokens: the first
+    three tokens still follow the target exactly."""
+    sampling = SamplingConfig(temperature=1.5, top_k=4)
+    prompt = prompts(target, 1)[0]
+    joint, keys, index = three_token_outcomes(target, prompt, sampling)
+    kept = all_ids(target)
+    rng = np.random.default_rng(4)
+    d = target.n_embd
+    head = HiddenHead(kept, rng.standard_normal((8, 2 * d), dtype=np.float32), np.zeros(8, np.float32),
+                      rng.standard_normal((d, 8), dtype=np.float32) * 0.1, np.zeros((kept.k + 1, d), np.float32),
+                      rng.standard_normal((kept.k, d), dtype=np.float32) * 0.2, depth=2)
+    # n-grams over random text: they sometimes match, mostly not
+    noise = [rng.integers(0, target.n_vocab, 60).tolist() for _ in range(20)]
+    table = NgramTable.build(noise, target.tokenizer_hash)
+    drafter = CountingChained(NgramDrafter(table), HiddenHeadDrafter(
+        target, head, target.n_vocab, SamplingConfig(temperature=1.0), seed=3, min_survival=0.0), ask_below=1.0)
+    cfg = GenerateConfig(max_new_tokens=5, max_draft=3, sampling=sampling, stop_tokens=frozenset())
+    counts = np.zeros(len(keys))
+    for _ in range(3000):
+        key = tuple(generate(target, prompt, drafter, cfg, rng=rng).tokens[:3])
+        assert key in index, f"sampled {key}, which the target gives probability 0"
+        counts[index[key]] += 1
+    assert drafter.chains > 1000
     assert chi_square_pvalue(counts, np.array([joint[k] for k in keys])) > 1e-3
     target.keep_hidden = False
 
