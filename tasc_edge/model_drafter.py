@@ -231,9 +231,12 @@ class ChainedDrafter:
         pb = self.looks.estimate(key_b, prior=p)
         self._looked = (key_a, a.tokens[0], key_b, mine)
         if self._deep:  # the head's whole chain against the n-grams' draft, by expected tokens
-            chain = self.model.peek_chain(max_tokens)
-            if expected_accepted([pb, *chain.confidence[1:]]) > expected_accepted([pa, *a.confidence[1:]]):
-                return self._chain_then_ngrams(max_tokens, len(chain.tokens), pb)
+            mine_e = expected_accepted([pa, *a.confidence[1:]])
+            # its chain can expect at most pb per token: skip the head steps where that cannot win
+            if pb * min(self.model.max_depth, max_tokens) > mine_e:
+                chain = self.model.peek_chain(max_tokens)
+                if expected_accepted([pb, *chain.confidence[1:]]) > mine_e:
+                    return self._chain_then_ngrams(max_tokens, len(chain.tokens), pb)
             return Draft(a.tokens, [pa, *a.confidence[1:]], a.probs)
         if agree or pa >= pb:
             return Draft(a.tokens, [pa, *a.confidence[1:]], a.probs)
@@ -245,10 +248,11 @@ class ChainedDrafter:
         after its argmax `mine` either. Decided on the argmax, never on a sample, so sampling
         stays exact; the model's token itself is its sample (from the peeked logits)."""
         after_mine = self.ngram.draft(max_tokens - 1, after=[mine])
-        if self._deep:  # the head's own chain, or its first token and the n-grams after it
+        theirs = expected_accepted(after_mine.confidence)
+        if self._deep and min(self.model.max_depth, max_tokens) - 1 > theirs:  # else it cannot win
             chain = self.model.peek_chain(max_tokens)
             first = chain.confidence[0] if first_confidence is None else first_confidence
-            if expected_accepted(chain.confidence[1:]) > expected_accepted(after_mine.confidence):
+            if expected_accepted(chain.confidence[1:]) > theirs:
                 return self._chain_then_ngrams(max_tokens, len(chain.tokens), first)
         if max_tokens > 1 and not after_mine.tokens:
             b = self.model.draft(max_tokens)
