@@ -1,6 +1,7 @@
 """Issue-6 table from a `tasc-edge bench` report with model:/chained: methods.
 
     python scripts/vocabtrim_table.py /work/run/gemma-bench/bench.json [--ngram tasc-spec+gen]
+        [--chained chained:head-k1024-d3]
 
 Per task: tau, MBSU and wall-clock speed-up (median of per-row ratios to plain) for the
 untrimmed drafter (model:full), each trimmed one (model:k<K>), the n-grams alone and chained;
@@ -32,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("bench")
     ap.add_argument("--ngram", default="tasc-spec+gen")
+    ap.add_argument("--chained", default=None, help="which chained: method (default: the first)")
     args = ap.parse_args()
     path = Path(args.bench)
     report = json.loads((path / "bench.json" if path.is_dir() else path).read_text())
@@ -40,7 +42,10 @@ def main() -> None:
     # model:k<K> (self-drafters) and model:head-k<K> (hidden-state heads)
     trimmed = sorted((m for m in methods if m.startswith(("model:k", "model:head-k"))),
                      key=lambda m: (m.startswith("model:head"), int(m.split("k")[-1].split("-")[0])))
-    chained = next((m for m in methods if m.startswith("chained:")), None)
+    chained = args.chained or next((m for m in methods if m.startswith("chained:")), None)
+    # chained is compared with its own model part alone when the run has it
+    own = "model:" + chained.split(":", 1)[1] if chained else None
+    model_part = own if own in methods else (trimmed[0] if trimmed else None)
     times: dict[str, dict] = {}
     for row in report["rows"]:
         times.setdefault(row["dataset"], {}).setdefault(row["row"], {})[row["method"]] = row["total_s"]
@@ -65,7 +70,7 @@ def main() -> None:
             parts.append(f"{trimmed[0]} vs full MBSU {k0['mbsu'] / full['mbsu']:.2f}x, tau "
                          f"{100 * (k0['tau_mean'] / full['tau_mean'] - 1):+.1f}%")
         if chained:
-            for part in (args.ngram, *trimmed[:1]):
+            for part in (args.ngram, *[model_part] * bool(model_part)):
                 med, lo, hi, share = paired(times[ds], part, chained)
                 parts.append(f"{part} time / chained: median {med:.3f} [95% {lo:.3f}-{hi:.3f}], chained "
                              f"faster on {share:.0%} of rows{' (beats)' if lo > 1 else ''}")

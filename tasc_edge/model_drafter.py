@@ -11,8 +11,10 @@ speculative sampling needs to stay exact.
 
 `ChainedDrafter`: the n-gram drafter goes first (free: no weights read); the model drafter
 fills in one token where the n-grams have no guess (or, asked to, where they are unsure and
-it disagrees and has been right more often), and the n-grams continue after it. Both learn
-from the verification of their own part.
+it disagrees and has been right more often), and the n-grams continue after it. A model that
+drafts several tokens from one look (a hidden head of depth > 1) offers its whole chain
+there instead, taken when it expects more accepted tokens. Both learn from the verification
+of their own part.
 """
 
 from __future__ import annotations
@@ -168,7 +170,9 @@ class ChainedDrafter:
     argmax, never its sample, so sampling stays exact.
     `sure` > 0 keeps only the n-gram prefix at least that confident and lets the model
     continue from there. A model with `free_look` (the hidden-state head: no cache to sync)
-    is looked at wherever the n-grams' first token is below FREE_LOOK_BELOW unless told otherwise."""
+    is looked at wherever the n-grams' first token is below FREE_LOOK_BELOW unless told otherwise.
+    A model with `peek_chain` and depth > 1 competes with its argmax chain at a look and at a
+    gap (sum of cumulative confidences against the n-grams'), the n-grams continuing after it."""
 
     def __init__(self, ngram: NgramDrafter, model: ModelDrafter, sure: float | None = None,
                  ask_below: float | None = None) -> None:

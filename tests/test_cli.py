@@ -123,3 +123,12 @@ def test_export_generated_corpus_resumes(model, task, tmp_path, capsys):
 def test_console_script_is_installed():
     r = subprocess.run([sys.executable, "-m", "tasc_edge.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "run" in r.stdout and "export" in r.stdout
+
+
+@pytest.mark.parametrize("depth", ["0", "two", ","])
+def test_bad_hidden_head_depth_is_refused_before_any_work(model, task, tmp_path, capsys, depth):
+    out = tmp_path / "bundle"
+    code, _, err = run_cli(["export", "--model", str(model), "--task", str(task), "--out", str(out),
+                            "--hidden-head", "64", "--hidden-head-depth", depth], capsys)
+    assert code == 2 and "--hidden-head-depth" in err and "depths of 1 or more" in err
+    assert not out.exists()
