@@ -117,6 +117,14 @@ def test_hidden_head_drafts_stay_exact_alone_and_chained(target, depth):
     target.keep_hidden = False
 
 
+def random_head(target, rng, depth: int) -> HiddenHead:
+    """A random head over every id: its proposals are often wrong, so rejections are exercised."""
+    kept, d = all_ids(target), target.n_embd
+    return HiddenHead(kept, rng.standard_normal((8, 2 * d), dtype=np.float32), np.zeros(8, np.float32),
+                      rng.standard_normal((d, 8), dtype=np.float32) * 0.1, np.zeros((kept.k + 1, d), np.float32),
+                      rng.standard_normal((kept.k, d), dtype=np.float32) * 0.2, depth=depth)
+
+
 def three_token_outcomes(target, prompt, sampling):
     """The target's exact distribution over its next three tokens (each a dict key)."""
     first = exact_two_token_distribution(target, prompt, sampling)
@@ -138,13 +146,8 @@ def test_hidden_head_sampling_follows_target(target, depth, cost):
     sampling = SamplingConfig(temperature=1.5, top_k=4)
     prompt = prompts(target, 1)[0]
     joint, keys, index = three_token_outcomes(target, prompt, sampling)
-    kept = all_ids(target)
     rng = np.random.default_rng(2)
-    d = target.n_embd
-    # a random head over every id: its proposals are often wrong, so rejections are exercised
-    head = HiddenHead(kept, rng.standard_normal((8, 2 * d), dtype=np.float32), np.zeros(8, np.float32),
-                      rng.standard_normal((d, 8), dtype=np.float32) * 0.1, np.zeros((kept.k + 1, d), np.float32),
-                      rng.standard_normal((kept.k, d), dtype=np.float32) * 0.2, depth=depth)
+    head = random_head(target, rng, depth)
     cfg = GenerateConfig(max_new_tokens=4, max_draft=2, sampling=sampling, stop_tokens=frozenset())
     lengths: set[int] = set()  # draft lengths of the second forward (room for two)
 
@@ -179,12 +182,8 @@ def test_chained_deep_head_sampling_follows_target(target):
     sampling = SamplingConfig(temperature=1.5, top_k=4)
     prompt = prompts(target, 1)[0]
     joint, keys, index = three_token_outcomes(target, prompt, sampling)
-    kept = all_ids(target)
     rng = np.random.default_rng(4)
-    d = target.n_embd
-    head = HiddenHead(kept, rng.standard_normal((8, 2 * d), dtype=np.float32), np.zeros(8, np.float32),
-                      rng.standard_normal((d, 8), dtype=np.float32) * 0.1, np.zeros((kept.k + 1, d), np.float32),
-                      rng.standard_normal((kept.k, d), dtype=np.float32) * 0.2, depth=2)
+    head = random_head(target, rng, depth=2)
     # n-grams over random text: they sometimes match, mostly not
     noise = [rng.integers(0, target.n_vocab, 60).tolist() for _ in range(20)]
     table = NgramTable.build(noise, target.tokenizer_hash)
