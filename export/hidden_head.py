@@ -354,7 +354,11 @@ def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str
 def _examples(backend, pairs, refs, work: Path, state: dict, save_state, log) -> HeadExamples:
     """The hidden states depend on the target and the sequences only, not on K or the
     training settings: kept in the work folder, a re-train skips the slowest step."""
-    cache, key = work / "head-examples.npz", f"{state.get('model')}|{len(pairs)}|{len(refs)}"
+    import hashlib
+
+    # keyed on the very token sequences: regenerated text (other settings, same count) is new data
+    digest = hashlib.sha256(repr([*pairs, *refs]).encode()).hexdigest()[:16]
+    cache, key = work / "head-examples.npz", f"{state.get('model')}|{len(pairs)}|{len(refs)}|{digest}"
     if state.get("head-examples") == key and cache.is_file():
         ex = HeadExamples.load(cache)
         log(f"hidden states: {len(ex.label)} examples from {cache.name} (collected before)")
