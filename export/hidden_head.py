@@ -25,6 +25,7 @@ at this size one core is enough.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 
 from tasc_edge.errors import TascError
 from tasc_edge.hidden_head import HiddenHead, rms_normalise
+from tasc_edge.model_drafter import expected_accepted
 from tasc_edge.vocab_trim import KeptVocab
 
 
@@ -212,15 +214,11 @@ def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_r
                     alive = (right if alive is None else alive & right)[nxt >= 0]
         return out + [float("nan")] * (cfg.depth - len(out))
 
-    def expected_accepted(acc: list[float]) -> float:
-        """Tokens a full-depth draft gets accepted on average: a1 + a1 a2 + ... (= a1 at depth 1)."""
-        total, survive = 0.0, 1.0
-        for a in acc:
-            if a != a:  # nan: no example reached this step
-                break
-            survive *= a
-            total += survive
-        return total if acc and acc[0] == acc[0] else float("nan")
+    def chain_score(acc: list[float]) -> float:
+        """Tokens a full-depth draft gets accepted on average: a1 + a1 a2 + ... (= a1 at depth
+        1), over the steps some example reached (nan: none did, e.g. no holdout)."""
+        reached = list(itertools.takewhile(lambda a: a == a, acc))
+        return expected_accepted(reached) if reached else float("nan")
 
     acc0 = accuracy(test)
     best, best_step, best_state = -1.0, 0, None
@@ -238,7 +236,7 @@ def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_r
         sched.step()
         if (step + 1) % 500 == 0 or step + 1 == cfg.steps:
             acc = accuracy(test)
-            score = expected_accepted(acc)
+            score = chain_score(acc)
             log(f"hidden head step {step + 1}/{cfg.steps}: loss {loss.item():.3f}, holdout top-1 "
                 f"{' / '.join(f'{a:.3f}' for a in acc)}")
             if not score <= best:  # nan (no holdout) keeps the latest weights
@@ -255,7 +253,7 @@ def train_head(ex: HeadExamples, kept: KeptVocab, head_rows: np.ndarray, embed_r
              "reference_examples": int((train & ~ex.generated).sum()), "depth": cfg.depth}
     if cfg.depth > 1:
         stats.update({"holdout_top1_by_step": held_acc, "train_top1_by_step": train_acc,
-                      "holdout_expected_accepted": expected_accepted(held_acc)})
+                      "holdout_expected_accepted": chain_score(held_acc)})
     log(f"hidden head: holdout top-1 {stats['holdout_top1_before']:.3f} -> "
         f"{' / '.join(f'{a:.3f}' for a in held_acc)} ({stats['holdout_examples']} examples), {stats['train_s']} s")
     w = {n: p.detach().numpy().astype(np.float32) for n, p in net.named_parameters()}
