@@ -261,30 +261,28 @@ class ChainedDrafter:
         if max_tokens > 1 and not after_mine.tokens:
             b = self.model.draft(max_tokens)
             self._split = 0
-        else:
-            b = self.model.draft(1)
-            # greedy (and most samples) draw `mine` itself: its continuation is already there,
-            # and it was the n-grams' last draft, so their calibration bookkeeping matches
-            rest = after_mine if b.tokens == [mine] else self.ngram.draft(max_tokens - 1, after=b.tokens)
-            self._model_first = 1
-            probs = None
-            if b.probs is not None:  # n-gram tokens are point masses
-                probs = np.zeros((1 + len(rest.tokens), self.model.n_vocab))
-                probs[0] = b.probs[0]
-                probs[np.arange(1, len(probs)), rest.tokens] = 1.0
-            b = Draft(b.tokens + rest.tokens, b.confidence + rest.confidence, probs)
-        if first_confidence is not None and b.tokens:
-            b.confidence[0] = first_confidence
-        return b
+            if first_confidence is not None and b.tokens:
+                b.confidence[0] = first_confidence
+            return b
+        # greedy (and most samples) draw `mine` itself: its continuation is already there,
+        # and it was the n-grams' last draft, so their calibration bookkeeping matches
+        return self._chain_then_ngrams(max_tokens, 1, first_confidence, known=([mine], after_mine))
 
-    def _chain_then_ngrams(self, max_tokens: int, n: int, first_confidence: float) -> Draft:
+    def _chain_then_ngrams(self, max_tokens: int, n: int, first_confidence: float | None = None,
+                           known: tuple[list[int], Draft] | None = None) -> Draft:
         """Up to n model tokens (greedy: the chain peeked at; sampling: drawn now), then the
-        n-grams after them. The choice was made on the argmax chain, so sampling stays exact."""
+        n-grams after them (`known`: their draft after a given model part, reused if the model
+        drew exactly that). The choice was made on the argmax, so sampling stays exact."""
         b = self.model.draft(n)
         if not b.tokens:
             return b
-        rest = self.ngram.draft(max_tokens - len(b.tokens), after=b.tokens) if len(b.tokens) < max_tokens else Draft()
+        if known is not None and b.tokens == known[0]:
+            rest = known[1]
+        else:
+            rest = self.ngram.draft(max_tokens - len(b.tokens), after=b.tokens) if len(b.tokens) < max_tokens else Draft()
         self._model_first, self._split = len(b.tokens), 0
+        if first_confidence is None:
+            first_confidence = b.confidence[0]
         probs = None
         if b.probs is not None:  # n-gram tokens are point masses
             probs = np.zeros((len(b.tokens) + len(rest.tokens), self.model.n_vocab))

@@ -57,9 +57,9 @@ class CountingChained(ChainedDrafter):
 
     chains = 0
 
-    def _chain_then_ngrams(self, *args):
-        self.chains += 1
-        return super()._chain_then_ngrams(*args)
+    def _chain_then_ngrams(self, *args, known=None):
+        self.chains += known is None  # a one-token gap fill passes the n-grams' draft after it
+        return super()._chain_then_ngrams(*args, known=known)
 
 
 def all_ids(target):
