@@ -75,6 +75,7 @@ class BenchConfig:
     data_root: str = "../shared/datasets"
     methods: list[str] = field(default_factory=lambda: ["plain", "pld", "tasc-spec", "llama-plain", "llama-pld"])
     limit: int = 50
+    skip: int = 0  # fitting test rows passed over first (held apart from a skip-0 report)
     max_new_tokens: int = 128
     model: str | None = None
     quant: str = "q4_0"
@@ -180,16 +181,20 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         try:
             for name in cfg.datasets:
                 task = load_task(Path(cfg.data_root) / name)
-                drafters = _drafters(name, task, backend, cfg, methods + sweep, bundle, model_drafters)
+                drafters = _drafters(name, task, backend, cfg, methods + sweep, bundle, model_drafters,
+                                     curve)
                 table_bytes[name] = {m: t.nbytes for m, d in drafters.items()
                                      if (t := _task_table_of(d)) is not None}
-                rows, prompts = [], []
+                rows, prompts, passed = [], [], 0
                 for row in task.test:  # the first `limit` rows whose prompt fits the context
                     if len(rows) == cfg.limit:
                         break
                     prompt = backend.chat_prompt(row.prompt)
                     if len(prompt) + cfg.max_new_tokens > backend.n_ctx:
                         report.setdefault("skipped_rows", {}).setdefault(name, []).append(row.id)
+                        continue
+                    if passed < cfg.skip:
+                        passed += 1
                         continue
                     rows.append(row)
                     prompts.append(prompt)
@@ -436,7 +441,7 @@ def _task_table_of(drafter) -> NgramTable | None:
 
 
 def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bundle=None,
-              model_drafters: dict | None = None) -> dict:
+              model_drafters: dict | None = None, curve: CostCurve | None = None) -> dict:
     drafters: dict = {"plain": None, "plain-unpadded": None}
     loaded: list[NgramTable] = []
 
@@ -449,7 +454,7 @@ def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bu
         if drafter_variant(m) is not None:
             model = model_drafters[m].fresh()
             drafters[m] = model if m.startswith("model:") else ChainedDrafter(
-                make_drafter("tasc-spec", exported()), model, ask_below=cfg.chain_ask_below)
+                make_drafter("tasc-spec", exported()), model, ask_below=cfg.chain_ask_below, cost=curve)
     if "pld" in methods:
         drafters["pld"] = make_drafter("pld", None)
     if "tasc-spec" in methods:

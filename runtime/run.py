@@ -142,17 +142,19 @@ def run_task(cfg: RunConfig, log=print) -> RunSummary:
                                                cfg.onnx_spin)
     with backend, ExitStack() as stack:
         table = task_table(backend, task, cfg, bundle) if cfg.method in ("tasc-spec", "chained") else None
+        # measured before the drafters are made: a chained drafter weighs its candidates by it
+        curve = measure_cost_curve(backend, max_k=cfg.max_draft + 1)
+        cost = curve if cfg.adaptive else None
         if cfg.method in MODEL_METHODS:
             model = open_drafter(bundle, cfg.drafter, backend, sampling, cfg.seed, cfg.threads)
             stack.callback(model.close)
             drafter = model if cfg.method == "model" else ChainedDrafter(
                 make_drafter("tasc-spec", table, NgramDraftConfig(max_order=cfg.max_order)), model,
-                ask_below=cfg.chain_ask_below)
+                ask_below=cfg.chain_ask_below, cost=cost)
         else:
             drafter = make_drafter(cfg.method, table, NgramDraftConfig(max_order=cfg.max_order))
         if drafter is not None and sampling.greedy and not cfg.allow_inexact:
             check_exact_batching(backend, cfg.max_draft + 1)
-        curve = measure_cost_curve(backend, max_k=cfg.max_draft + 1)
         quant = bundle.manifest["model"]["quant"] if bundle is not None else cfg.quant
         log(f"model {model_path.name} ({quant}), {backend.n_threads} threads; t(1) = "
             f"{curve.step_seconds * 1e3:.1f} ms, t(k)/t(1) for k=1..{len(curve.ratios)}: "
@@ -166,7 +168,6 @@ def run_task(cfg: RunConfig, log=print) -> RunSummary:
             prompt = backend.chat_prompt(row.prompt)
             rng = np.random.default_rng([cfg.seed, i])
             plain_rng = np.random.default_rng([cfg.seed, i, 1])
-            cost = curve if cfg.adaptive else None
 
             def run_method() -> Generation:
                 return generate(backend, prompt, drafter, gen_cfg, cost, rng)

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="plain, pld, tasc-spec, tasc-spec+gen, llama-plain, llama-pld, "
                             "hf-plain, hf-pld (hf-* need the export extra)")
     bench.add_argument("--limit", type=int, default=50)
+    bench.add_argument("--skip", type=int, default=0,
+                       help="pass over the first N fitting test rows: tune a setting on rows a "
+                            "--skip 0 report does not measure")
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--tables", help="folder of <dataset>.npz tables (tasc-spec+gen)")
     bench.add_argument("--bundle", help="an exported bundle: its model (ONNX or GGUF) and tables")
@@ -278,7 +281,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     cfg = BenchConfig(datasets=[d for d in args.datasets.split(",") if d], data_root=args.data_root,
                       methods=[m for m in args.methods.split(",") if m], limit=args.limit,
-                      max_new_tokens=args.max_new_tokens, model=args.model, quant=args.quant,
+                      skip=args.skip, max_new_tokens=args.max_new_tokens, model=args.model, quant=args.quant,
                       n_ctx=args.n_ctx, threads=args.threads, tables=args.tables, bundle=args.bundle,
                       max_draft=args.max_draft, out=args.out, device=args.device,
                       repeats=args.repeats, sweep_rows=args.sweep_rows,

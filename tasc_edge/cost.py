@@ -47,6 +47,17 @@ def best_draft_length(confidence: Sequence[float], curve: CostCurve) -> int:
     d drafts plus the pending token commits 1 + sum_j prod_{i<=j} p_i tokens on average and costs
     curve.cost(d + 1). d = 0 is plain decoding.
     """
+    return _best(confidence, curve)[1]
+
+
+def best_rate(confidence: Sequence[float], curve: CostCurve) -> float:
+    """Expected tokens per t(1) of verify time when the draft is cut at best_draft_length: what
+    a draft is worth to the loop. Two candidate drafts compare by this, not by their expected
+    accepted tokens, since a long draft's tail may cost more to verify than it brings."""
+    return _best(confidence, curve)[0]
+
+
+def _best(confidence: Sequence[float], curve: CostCurve) -> tuple[float, int]:
     best_rate, best_d = 1.0 / curve.cost(1), 0
     expected, survive = 1.0, 1.0
     for d, p in enumerate(confidence, start=1):
@@ -55,7 +66,7 @@ def best_draft_length(confidence: Sequence[float], curve: CostCurve) -> int:
         rate = expected / curve.cost(d + 1)
         if rate > best_rate:
             best_rate, best_d = rate, d
-    return best_d
+    return best_rate, best_d
 
 
 def measure_cost_curve(backend: _Timeable, max_k: int = 16, position: int = 128,

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from tasc_edge.cost import CostCurve, best_rate
 from tasc_edge.decode import Backend, Draft, common_prefix_length
 from tasc_edge.drafters import AcceptanceCalibrator, NgramDrafter
 from tasc_edge.errors import TascError
@@ -172,10 +173,14 @@ class ChainedDrafter:
     continue from there. A model with `free_look` (the hidden-state head: no cache to sync)
     is looked at wherever the n-grams' first token is below FREE_LOOK_BELOW unless told otherwise.
     A model with `peek_chain` and depth > 1 competes with its argmax chain at a look and at a
-    gap (sum of cumulative confidences against the n-grams'), the n-grams continuing after it."""
+    gap, the n-grams continuing after it. Given the loop's `cost` curve, the two compare by
+    expected tokens per unit of verify time at their best cut (cost.best_rate); without it, by
+    expected accepted tokens. The curve matters where verifying one more row is dear: on a
+    2-core CPU t(5)/t(1) is ~2.0 against t(4)/t(1) ~1.4, so an n-gram draft's long tail is
+    worth less than its count says and a short, surer head chain can be the better draft."""
 
     def __init__(self, ngram: NgramDrafter, model: ModelDrafter, sure: float | None = None,
-                 ask_below: float | None = None) -> None:
+                 ask_below: float | None = None, cost: CostCurve | None = None) -> None:
         if sure is not None and ask_below is not None:
             raise TascError("a chained drafter takes `sure` or `ask_below`, not both")
         if ask_below is None and sure is None and getattr(model, "free_look", False):
@@ -185,6 +190,7 @@ class ChainedDrafter:
             # tasks (SmolLM2 ONNX int8, 50 rows each, docs/results/hidden-head/, session 15)
             ask_below = FREE_LOOK_BELOW
         self.ngram, self.model, self.sure, self.ask_below = ngram, model, sure, ask_below
+        self.cost = cost
         self.looks = AcceptanceCalibrator(prior_strength=4.0)  # P(first token right | look)
         self._split = 0  # tokens of the last draft that came from the n-grams
         self._looked: tuple | None = None  # (n-gram key, its token, model key, its token)
@@ -234,12 +240,13 @@ class ChainedDrafter:
         pa = self.looks.estimate(key_a, prior=a.confidence[0])
         pb = self.looks.estimate(key_b, prior=p)
         self._looked = (key_a, a.tokens[0], key_b, mine)
-        if self._deep:  # the head's whole chain against the n-grams' draft, by expected tokens
-            mine_e = expected_accepted([pa, *a.confidence[1:]])
-            # its chain can expect at most pb per token: skip the head steps where that cannot win
-            if pb * min(self.model.max_depth, max_tokens) > mine_e:
+        if self._deep:  # the head's whole chain against the n-grams' draft
+            theirs = self._worth([pa, *a.confidence[1:]])
+            # its chain is worth at most that of pb then certain tokens: skip the head steps
+            # where even that cannot win
+            if self._worth([pb] + [1.0] * (min(self.model.max_depth, max_tokens) - 1)) > theirs:
                 chain = self.model.peek_chain(max_tokens)
-                if expected_accepted([pb, *chain.confidence[1:]]) > mine_e:
+                if self._worth([pb, *chain.confidence[1:]]) > theirs:
                     return self._chain_then_ngrams(max_tokens, len(chain.tokens), pb)
             return Draft(a.tokens, [pa, *a.confidence[1:]], a.probs)
         if agree or pa >= pb:
@@ -252,12 +259,14 @@ class ChainedDrafter:
         after its argmax `mine` either. Decided on the argmax, never on a sample, so sampling
         stays exact; the model's token itself is its sample (from the peeked logits)."""
         after_mine = self.ngram.draft(max_tokens - 1, after=[mine])
-        theirs = expected_accepted(after_mine.confidence)
-        if self._deep and min(self.model.max_depth, max_tokens) - 1 > theirs:  # else it cannot win
-            chain = self.model.peek_chain(max_tokens)
-            first = chain.confidence[0] if first_confidence is None else first_confidence
-            if expected_accepted(chain.confidence[1:]) > theirs:
-                return self._chain_then_ngrams(max_tokens, len(chain.tokens), first)
+        if self._deep:  # both start with `mine`: its chain against the n-grams after it
+            # (the shortcut takes `mine` as certain on both sides: exact without a cost curve)
+            theirs = self._worth([1.0, *after_mine.confidence])
+            if self._worth([1.0] * min(self.model.max_depth, max_tokens)) > theirs:  # else it cannot win
+                chain = self.model.peek_chain(max_tokens)
+                first = chain.confidence[0] if first_confidence is None else first_confidence
+                if self._worth([first, *chain.confidence[1:]]) > self._worth([first, *after_mine.confidence]):
+                    return self._chain_then_ngrams(max_tokens, len(chain.tokens), first)
         if max_tokens > 1 and not after_mine.tokens:
             b = self.model.draft(max_tokens)
             self._split = 0
@@ -289,6 +298,11 @@ class ChainedDrafter:
             probs[: len(b.tokens)] = b.probs
             probs[np.arange(len(b.tokens), len(probs)), rest.tokens] = 1.0
         return Draft(b.tokens + rest.tokens, [first_confidence, *b.confidence[1:], *rest.confidence], probs)
+
+    def _worth(self, confidence: list[float]) -> float:
+        """What a candidate draft is worth: tokens per verify time at its best cut, or without a
+        cost curve its expected accepted tokens."""
+        return best_rate(confidence, self.cost) if self.cost is not None else expected_accepted(confidence)
 
     def _continue(self, a: Draft, max_tokens: int) -> Draft:
         """`sure`: the model drafts after the n-gram part it keeps."""

@@ -193,6 +193,11 @@ def test_bench_on_an_onnx_bundle(bundles, tmp_path):
     before = (tmp_path / "out" / "bench.json").read_text()
     again = resummarise(tmp_path / "out")  # the summary recomputed from the rows is the same
     assert again["results"] == report["results"] and (tmp_path / "out" / "bench.json").read_text() == before
+    # --skip passes over the first rows: a setting tuned there is measured on rows it never saw
+    rows = [r["row"] for r in json.loads(before)["rows"] if r["method"] == "plain"]
+    run_bench(replace(cfg, methods=["plain"], skip=1, limit=2, out=str(tmp_path / "held")), log=lambda *_: None)
+    held = json.loads((tmp_path / "held" / "bench.json").read_text())["rows"]
+    assert len(rows) == 3 and [r["row"] for r in held] == rows[1:3]
 
 
 def test_onnx_prefix_cache_restores_an_older_prompt_exactly(bundles):

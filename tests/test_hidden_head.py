@@ -100,12 +100,16 @@ def test_hidden_head_drafts_stay_exact_alone_and_chained(target, depth):
                       rng.standard_normal((kept.k + 1, d), dtype=np.float32),
                       rng.standard_normal((kept.k, d), dtype=np.float32), depth=depth)
     table = NgramTable.build([o for o in outs[:3] if len(o) >= 2], target.tokenizer_hash)
-    for make in (lambda: HiddenHeadDrafter(target, head, target.n_vocab, min_survival=0.0),
-                 lambda: CountingChained(NgramDrafter(table), HiddenHeadDrafter(target, head, target.n_vocab),
-                                         ask_below=1.0)):
+    # chained weighs its candidates by the loop's cost curve when it has one (a dear 4th row)
+    curve = CostCurve((1.0, 1.1, 1.2, 2.0, 2.1, 2.2, 2.3, 2.4, 2.5))
+    for make, cost in ((lambda: HiddenHeadDrafter(target, head, target.n_vocab, min_survival=0.0), None),
+                       (lambda: CountingChained(NgramDrafter(table), HiddenHeadDrafter(
+                           target, head, target.n_vocab), ask_below=1.0), None),
+                       (lambda: CountingChained(NgramDrafter(table), HiddenHeadDrafter(
+                           target, head, target.n_vocab), ask_below=1.0, cost=curve), curve)):
         drafter, drafted, forwards = make(), 0, 0
         for p, ref in zip(ps, outs):
-            g = generate(target, p, drafter, cfg)
+            g = generate(target, p, drafter, cfg, cost)
             assert g.tokens == ref
             drafted += g.stats.drafted
             forwards += g.stats.target_forwards
