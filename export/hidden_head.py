@@ -25,6 +25,7 @@ at this size one core is enough.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import time
 from dataclasses import dataclass, replace
@@ -352,8 +353,6 @@ def export_hidden_head(out: Path, work: Path, backend, fmt: str, tasks: list[str
 def _examples(backend, pairs, refs, work: Path, state: dict, save_state, log) -> HeadExamples:
     """The hidden states depend on the target and the sequences only, not on K or the
     training settings: kept in the work folder, a re-train skips the slowest step."""
-    import hashlib
-
     # keyed on the very token sequences: regenerated text (other settings, same count) is new data
     digest = hashlib.sha256(repr([*pairs, *refs]).encode()).hexdigest()[:16]
     cache, key = work / "head-examples.npz", f"{state.get('model')}|{len(pairs)}|{len(refs)}|{digest}"

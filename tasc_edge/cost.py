@@ -58,15 +58,15 @@ def best_rate(confidence: Sequence[float], curve: CostCurve) -> float:
 
 
 def _best(confidence: Sequence[float], curve: CostCurve) -> tuple[float, int]:
-    best_rate, best_d = 1.0 / curve.cost(1), 0
+    top_rate, best_d = 1.0 / curve.cost(1), 0
     expected, survive = 1.0, 1.0
     for d, p in enumerate(confidence, start=1):
         survive *= p
         expected += survive
         rate = expected / curve.cost(d + 1)
-        if rate > best_rate:
-            best_rate, best_d = rate, d
-    return best_rate, best_d
+        if rate > top_rate:
+            top_rate, best_d = rate, d
+    return top_rate, best_d
 
 
 def measure_cost_curve(backend: _Timeable, max_k: int = 16, position: int = 128,

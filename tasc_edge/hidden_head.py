@@ -87,7 +87,8 @@ class HiddenHead:
         # ([K + 1, d_ff], + b_in), so a step reads one row of it instead of d_ff x d weights.
         # The head's weights come from DRAM after every target forward, so bytes are time.
         self._w_state = np.ascontiguousarray(self.w_in[:, :d])
-        self._token_in = np.einsum("ij,kj->ki", self.w_in[:, d:], self.embed) + self.b_in
+        # (once, at load: BLAS is fine here, ~10x faster than einsum for this matrix product)
+        self._token_in = self.embed @ self.w_in[:, d:].T + self.b_in
 
     def step_bytes(self) -> int:
         """Bytes one evaluation reads: the state half of w_in, w_mix, w_out and one row of the

@@ -13,7 +13,8 @@ speculative sampling needs to stay exact.
 fills in one token where the n-grams have no guess (or, asked to, where they are unsure and
 it disagrees and has been right more often), and the n-grams continue after it. A model that
 drafts several tokens from one look (a hidden head of depth > 1) offers its whole chain
-there instead, taken when it expects more accepted tokens. Both learn from the verification
+there instead, taken when it is worth more: more tokens per unit of verify time on the
+loop's cost curve, or without one more expected accepted tokens. Both learn from the verification
 of their own part.
 """
 
