@@ -168,6 +168,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         model_drafters = {m: open_drafter(bundle, v, backend, n_threads=backend.n_threads)
                           for m in methods if (v := drafter_variant(m))}
         report["drafters"] = {v: bundle.manifest["drafters"][v] for v in variants}
+        report["drafter_c"] = {v: drafter_c(report["drafters"][v], model_drafters[m])
+                               for m in model_drafters if (v := drafter_variant(m))}
         report["memory_mb"]["after_drafters"] = memory.rss() / 1e6
         curve = measure_cost_curve(backend, max_k=16)
         report["cost_curve"] = {"step_ms": curve.step_seconds * 1e3, "ratios": list(curve.ratios)}
@@ -401,8 +403,9 @@ def machine_info() -> dict:
 def _summarise_report(report: dict, runs: list[RowRun], methods: list[str], gamma_sweep: list[int],
                       curve: CostCurve) -> list[dict]:
     """summarise() with what the report knows: the drafters' c and each method's peak memory."""
-    c = {m: report["drafters"][v]["c"] for m in methods
-         if (v := drafter_variant(m)) and v in report.get("drafters", {})}
+    # (reports before drafter_c took c from the manifest)
+    c_of = report.get("drafter_c") or {v: e["c"] for v, e in report.get("drafters", {}).items()}
+    c = {m: c_of[v] for m in methods if (v := drafter_variant(m)) and v in c_of}
     return summarise(runs, methods + [sweep_method(g) for g in gamma_sweep], curve,
                      report["memory_mb"]["peak_by_method"], c)
 
@@ -433,6 +436,16 @@ def _exported_table(name: str, backend, cfg: BenchConfig, bundle) -> NgramTable:
     if not cfg.tables:
         raise TascError("tasc-spec+gen needs --bundle or --tables DIR holding <dataset>.npz from tasc-edge export")
     return NgramTable.load(Path(cfg.tables) / f"{name}.npz", backend.tokenizer_hash)
+
+
+def drafter_c(entry: dict, drafter) -> float:
+    """MBSU's c (drafter bytes per step / target bytes per step) from what the loaded drafter
+    reads: a hidden head's step got cheaper after some bundles were exported (its token half
+    folded into a table), and their manifests still record the old bytes."""
+    head = getattr(drafter, "head", None)
+    if head is None or not entry.get("target_step_bytes"):
+        return entry["c"]
+    return head.step_bytes() / entry["target_step_bytes"]
 
 
 def _task_table_of(drafter) -> NgramTable | None:

@@ -305,3 +305,38 @@ def test_new_head_depth_reuses_the_collected_hidden_states(head_bundle):
     assert any("hidden head step" in line for line in lines)  # the depth-3 head was trained
     drafters = load_bundle(path).manifest["drafters"]
     assert {"head-k64", "head-k64-d2", "head-k64-d3"} <= set(drafters)
+
+
+def test_bench_takes_c_from_the_loaded_head_not_a_stale_manifest(head_bundle, tmp_path):
+    """A bundle exported before the head's step got cheaper records more bytes per step than
+    the head now reads; MBSU's c must come from the loaded head."""
+    import json
+    import shutil
+
+    from tasc_edge.runtime.bench import BenchConfig, run_bench
+    from tasc_edge.runtime.bundle import load_bundle, write_manifest
+    from tasc_edge.vocab_trim import KeptVocab
+    from test_bundle import demo_data_root
+
+    path, _ = head_bundle
+    old = tmp_path / "old-bundle"
+    shutil.copytree(path, old)
+    manifest = load_bundle(old).manifest
+    entry = manifest["drafters"]["head-k64"]
+    folder = old / entry["dir"]
+    live = HiddenHead.load(folder / "head.npz", KeptVocab.load(folder / "kept.npz")).step_bytes()
+    entry["step_bytes"] = 2 * live  # what an older export wrote down
+    entry["c"] = entry["step_bytes"] / entry["target_step_bytes"]
+    write_manifest(old, manifest)
+
+    cfg = BenchConfig(datasets=["demo"], data_root=str(demo_data_root(tmp_path)), limit=1, max_new_tokens=16,
+                      methods=["plain", "chained:head-k64"], n_ctx=1024, threads=2, bundle=str(old),
+                      out=str(tmp_path / "out"))
+    report = run_bench(cfg, log=lambda *_: None)
+    want = live / entry["target_step_bytes"]
+    assert report["drafter_c"]["head-k64"] == pytest.approx(want)
+    assert report["drafters"]["head-k64"]["c"] == pytest.approx(2 * want)  # the manifest, as exported
+    row = next(r for r in report["results"] if r["method"] == "chained:head-k64")
+    assert row["c"] == pytest.approx(want) and row["identical_rows"] == 1
+    saved = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert saved["drafter_c"] == report["drafter_c"]
