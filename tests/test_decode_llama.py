@@ -278,3 +278,23 @@ def test_amx_build_loads_without_extra_buffer_types_and_stays_exact(tmp_path, mo
         p = b.tokenize("the large coffee order")
         assert batch_invariant(b, p, p[:5])
     assert "AMX" in capsys.readouterr().err
+
+
+def test_pure_quant_puts_the_head_in_the_same_type(tmp_path, monkeypatch):
+    """q4_0 keeps the output head at a higher precision (Q8_0; a tied model's token embedding
+    is its head); q4_0-pure does not: on a 262k-vocabulary model that head is most of a step."""
+    import gguf
+
+    from tasc_edge.runtime.models import resolve_model
+
+    monkeypatch.setenv("TASC_EDGE_CACHE", str(tmp_path / "cache"))
+    src = write_tiny_gguf(tmp_path / "tiny.gguf", seed=5, n_embd=128, n_ff=256)
+
+    def types(path) -> dict[str, str]:
+        return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+
+    plain, pure = types(resolve_model(str(src), "q4_0")), types(resolve_model(str(src), "q4_0-pure"))
+    assert plain["output.weight"] == "Q8_0" and plain["blk.0.ffn_up.weight"] == "Q4_0"
+    assert {t for n, t in pure.items() if n.endswith(".weight") and "norm" not in n} == {"Q4_0"}
+    with pytest.raises(TascError, match="q4_0-pure"):
+        resolve_model(str(src), "q3_pure")
