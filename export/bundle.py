@@ -45,7 +45,7 @@ class ExportBundleConfig:
     model: str | None = None  # HF checkpoint folder or .gguf; None = the packaged SmolLM2 GGUF
     format: str = "gguf"  # onnx | gguf | both (both: <out>/onnx and <out>/gguf)
     onnx_quant: str = "int4"  # fp32 | int8 | int4
-    gguf_quant: str = "q4_0"  # as-is | q4_0 | q4_1 | q8_0 | f16
+    gguf_quant: str = "q4_0"  # as-is | q4_0 | q4_1 | q8_0 | f16, or <type>-pure (the head too)
     tables: ExportTablesConfig = field(default_factory=lambda: ExportTablesConfig(task="", out=""))
     drafter: DrafterConfig | None = None  # VocabTrim drafters (ONNX, or GGUF for Llama-family models)
     hidden_head: int = 0  # K > 0: a hidden-state head over the top K ids (both formats)
