@@ -50,14 +50,14 @@ def main() -> None:
     for name in args.datasets.split(","):
         task = load_task(Path(args.data_root) / name)
         table = load_table(bundle, name, first.tokenizer_hash)
-        rows = [r for r in task.test if len(first.chat_prompt(r.prompt)) + args.max_new_tokens <= 4096][: args.rows]
+        rows = [r for r in task.test if len(first.chat_prompt(r.prompt)) + args.max_new_tokens <= first.n_ctx][: args.rows]
         secs: dict = {m: [] for m in methods}
         toks: dict = {m: 0 for m in methods}
         outs: dict = {m: [] for m in methods}
         for i, row in enumerate(rows):
             for q, m in methods[i % len(methods):] + methods[: i % len(methods)]:  # rotate the order
                 b = backends[q]
-                drafter = None if m == "plain" else make_drafter("tasc-spec", table)  # + the bundle's generations table
+                drafter = None if m == "plain" else make_drafter("tasc-spec", table)  # the "+gen" table
                 cfg = GenerateConfig(args.max_new_tokens, stop_tokens=b.stop_tokens)
                 b.prefill([])  # cold, as in bench: a prompt this backend just evaluated would be free
                 t = time.perf_counter()
