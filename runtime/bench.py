@@ -94,7 +94,9 @@ class BenchConfig:
     # their instruction / schema / tool list, which a serving device would not evaluate twice
     prefix_cache_mb: float = 0
     onnx_spin: bool = False  # onnxruntime workers busy-wait (quiet device); off = shared cores
-    chain_ask_below: float | None = None  # chained: ask the model where n-grams are below this
+    # chained: ask the model where the n-grams' first token is below this; a dict sets it per
+    # dataset (a dataset it does not name keeps the default: the model only where n-grams miss)
+    chain_ask_below: float | dict[str, float] | None = None
     resume: bool = False  # keep the rows already measured in `out`, run only the rest
 
 
@@ -105,6 +107,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                         f"{', '.join(OUR_METHODS + PEER_METHODS)}")
     if cfg.repeats < 1 or any(g < 1 for g in cfg.gamma_sweep):
         raise TascError("--repeats and every --gamma-sweep value must be >= 1")
+    if isinstance(cfg.chain_ask_below, dict) and (stray := set(cfg.chain_ask_below) - set(cfg.datasets)):
+        raise TascError(f"--chain-ask-below names {', '.join(sorted(stray))}, not among --datasets "
+                        f"{', '.join(cfg.datasets)}")
     methods = list(dict.fromkeys([*cfg.methods, *(baseline_of(m) for m in cfg.methods)]))
     sweep = [sweep_method(g) for g in cfg.gamma_sweep]
     if sweep and "plain" not in methods:
@@ -448,6 +453,12 @@ def drafter_c(entry: dict, drafter) -> float:
     return head.step_bytes() / entry["target_step_bytes"]
 
 
+def ask_below_for(cfg: BenchConfig, dataset: str) -> float | None:
+    if isinstance(cfg.chain_ask_below, dict):
+        return cfg.chain_ask_below.get(dataset)
+    return cfg.chain_ask_below
+
+
 def _task_table_of(drafter) -> NgramTable | None:
     ngram = getattr(drafter, "ngram", drafter)  # a chained drafter's n-gram part
     return getattr(ngram, "task", None)
@@ -467,7 +478,7 @@ def _drafters(name: str, task, backend, cfg: BenchConfig, methods: list[str], bu
         if drafter_variant(m) is not None:
             model = model_drafters[m].fresh()
             drafters[m] = model if m.startswith("model:") else ChainedDrafter(
-                make_drafter("tasc-spec", exported()), model, ask_below=cfg.chain_ask_below, cost=curve)
+                make_drafter("tasc-spec", exported()), model, ask_below=ask_below_for(cfg, name), cost=curve)
     if "pld" in methods:
         drafters["pld"] = make_drafter("pld", None)
     if "tasc-spec" in methods:

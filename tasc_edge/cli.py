@@ -31,12 +31,29 @@ def _add_spin_arg(p: argparse.ArgumentParser) -> None:
                         "(faster on a quiet device; off by default: slower when the cores are shared)")
 
 
-def _add_chain_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--chain-ask-below", type=float, default=None, metavar="P",
-                   help="chained drafting: where the n-grams' first token is estimated below P, "
-                        "look at the model's first token (one drafter forward) and let the part "
-                        "more often right in that case draft (default: the model only drafts "
-                        "where the n-grams have nothing)")
+_CHAIN_HELP = ("chained drafting: where the n-grams' first token is estimated below P, look at the "
+               "model's first token (one drafter forward) and let the part more often right in "
+               "that case draft (default: the model only drafts where the n-grams have nothing)")
+
+
+def _add_chain_arg(p: argparse.ArgumentParser, per_task: bool = False) -> None:
+    if not per_task:
+        p.add_argument("--chain-ask-below", type=float, default=None, metavar="P", help=_CHAIN_HELP)
+        return
+    p.add_argument("--chain-ask-below", type=_ask_below_arg, default=None, metavar="P|TASK=P,...",
+                   help=_CHAIN_HELP + "; TASK=P,... sets it per dataset (others keep the default), "
+                        "e.g. a value chosen per task on rows a --skip run held apart")
+
+
+def _ask_below_arg(text: str) -> float | dict[str, float]:
+    """'0.9' for every dataset, or 'e2e_nlg=1.01,snips_slots=0.9' per dataset."""
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = [part.split("=", 1) for part in text.split(",") if part]
+        return {name.strip(): float(value) for name, value in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected P or TASK=P,... with numbers P, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--readme", help="replace the results section of this README.md")
     _add_model_args(bench)
     _add_spin_arg(bench)
-    _add_chain_arg(bench)
+    _add_chain_arg(bench, per_task=True)
 
     exp = sub.add_parser("export", help="write an artifact bundle: model, tokenizer, task tables, "
                                         "manifest (workstation side)")

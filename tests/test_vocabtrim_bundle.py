@@ -210,6 +210,31 @@ def test_bench_runs_drafters_with_mbsu_counting_drafter_reads(bundle_path, tmp_p
         run_bench(replace(cfg, methods=["plain", "model:k5"]), log=lambda *_: None)
 
 
+def test_bench_chain_threshold_per_dataset(bundle_path, tmp_path):
+    """`--chain-ask-below demo=1.01` makes the chained drafter look at the model before every
+    n-gram draft on that dataset (more drafter steps per forward than gap-filling only); a
+    dataset name not in the run is refused before anything loads."""
+    from tasc_edge.cli import _ask_below_arg
+    from tasc_edge.runtime.bench import BenchConfig, run_bench
+
+    assert _ask_below_arg("0.9") == 0.9
+    assert _ask_below_arg("demo=1.01,other=0.5") == {"demo": 1.01, "other": 0.5}
+    with pytest.raises(Exception, match="TASK=P"):
+        _ask_below_arg("demo=high")
+    cfg = BenchConfig(datasets=["demo"], data_root=str(demo_data_root(tmp_path)), limit=3, max_new_tokens=24,
+                      methods=["plain", "chained:k48"], n_ctx=1024, threads=2, bundle=str(bundle_path))
+    steps = {}
+    for setting in (None, {"demo": 1.01}):
+        report = run_bench(replace(cfg, chain_ask_below=setting, out=str(tmp_path / f"out{setting is None}")),
+                           log=lambda *_: None)
+        chained = next(r for r in report["results"] if r["method"] == "chained:k48")
+        assert chained["identical_rows"] == 3
+        steps[setting is None] = chained["draft_steps_per_forward"]
+    assert steps[False] > steps[True]
+    with pytest.raises(TascError, match="snips_slots, not among --datasets demo"):
+        run_bench(replace(cfg, chain_ask_below={"snips_slots": 0.9}), log=lambda *_: None)
+
+
 def test_cli_run_with_the_bundle_drafter(bundle_path, capsys):
     from tasc_edge.cli import main
 
