@@ -95,7 +95,7 @@ class BenchConfig:
     prefix_cache_mb: float = 0
     onnx_spin: bool = False  # onnxruntime workers busy-wait (quiet device); off = shared cores
     # chained: ask the model where the n-grams' first token is below this; a dict sets it per
-    # dataset (a dataset it does not name keeps the default: the model only where n-grams miss)
+    # dataset (a dataset it does not name keeps ChainedDrafter's default for its model)
     chain_ask_below: float | dict[str, float] | None = None
     resume: bool = False  # keep the rows already measured in `out`, run only the rest
 

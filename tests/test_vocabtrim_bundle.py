@@ -4,6 +4,7 @@ run them against the ONNX target (exact), and refuse a drafter with another toke
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 import shutil
@@ -219,8 +220,9 @@ def test_bench_chain_threshold_per_dataset(bundle_path, tmp_path):
 
     assert _ask_below_arg("0.9") == 0.9
     assert _ask_below_arg("demo=1.01,other=0.5") == {"demo": 1.01, "other": 0.5}
-    with pytest.raises(Exception, match="TASK=P"):
-        _ask_below_arg("demo=high")
+    for bad in ("demo=high", "demo=1.0,other", "high"):
+        with pytest.raises(argparse.ArgumentTypeError, match="TASK=P"):
+            _ask_below_arg(bad)
     cfg = BenchConfig(datasets=["demo"], data_root=str(demo_data_root(tmp_path)), limit=3, max_new_tokens=24,
                       methods=["plain", "chained:k48"], n_ctx=1024, threads=2, bundle=str(bundle_path))
     steps = {}
