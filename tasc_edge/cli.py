@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from tasc_edge.errors import TascError, require
-from tasc_edge.model_drafter import FREE_LOOK_BELOW
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -35,7 +34,9 @@ def _add_spin_arg(p: argparse.ArgumentParser) -> None:
 _CHAIN_HELP = ("chained drafting: where the n-grams' first token is estimated below P, look at the "
                "model's first token (one drafter forward) and let the part more often right in "
                "that case draft (default: the model only drafts where the n-grams have nothing; a "
-               f"hidden-state head, whose look reads no cache, is looked at below {FREE_LOOK_BELOW})")
+               "hidden-state head, whose look reads no cache, is looked at below 0.8)")
+# the 0.8 is model_drafter.FREE_LOOK_BELOW (a test pins it), written out so that `tasc-edge`
+# starts without importing numpy: every other import here waits for its subcommand
 
 
 def _add_chain_arg(p: argparse.ArgumentParser, per_task: bool = False) -> None:

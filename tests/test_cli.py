@@ -132,3 +132,11 @@ def test_bad_hidden_head_depth_is_refused_before_any_work(model, task, tmp_path,
                             "--hidden-head", "64", "--hidden-head-depth", depth], capsys)
     assert code == 2 and "--hidden-head-depth" in err and "depths of 1 or more" in err
     assert not out.exists()
+
+
+def test_chain_help_states_the_hidden_head_default():
+    """The help writes FREE_LOOK_BELOW out (the CLI imports nothing heavy at start): pin it."""
+    from tasc_edge.cli import _CHAIN_HELP
+    from tasc_edge.model_drafter import FREE_LOOK_BELOW
+
+    assert f"looked at below {FREE_LOOK_BELOW})" in _CHAIN_HELP
