@@ -387,7 +387,8 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
                   chrf(text, row.output), s.tau, s.drafted, s.accepted, s.target_forwards,
                   s.forward_tokens, s.prefill_s, s.draft_s, s.verify_s, s.other_s, draft_steps,
                   first.seconds, first.tokens,
-                  reused_tokens=backend.reused_tokens if backend.prefix_cache is not None else None)
+                  reused_tokens=backend.reused_tokens if backend.prefix_cache is not None else None,
+                  padded=s.padded)
 
 
 def machine_info() -> dict:

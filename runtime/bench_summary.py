@@ -65,6 +65,7 @@ class RowRun:
     first_n: int | None = None
     error: str | None = None  # the method failed on this row (peers only); excluded from stats
     reused_tokens: int | None = None  # prompt tokens taken from the prefix cache
+    padded: int | None = None  # filler rows verified where more rows cost less (decode.pad_draft)
 
 
 def rows_of(saved: list[dict]) -> list[RowRun]:
@@ -138,6 +139,8 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
                 "chrf": statistics.fmean(r.chrf for r in mine),
                 "tau_mean": tau, "mbsu": mbsu, "c": drafter_c.get(m, 0.0),
                 "draft_steps_per_forward": steps / forwards if ours and forwards else None,
+                "filler_rows_per_forward": (sum(r.padded or 0 for r in mine) / forwards
+                                            if ours and forwards else None),
                 "acceptance": accepted / drafted if drafted else None,
                 "mean_accepted_length": None, "drafted_wasted": None, "time_split": None,
                 "speedup_predicted": None, "gamma": method_gamma(m),

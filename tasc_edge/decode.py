@@ -85,9 +85,10 @@ class GenerateConfig:
 @dataclass
 class DecodeStats:
     target_forwards: int = 0
-    drafted: int = 0  # draft tokens sent to verification
+    drafted: int = 0  # the drafter's tokens sent to verification
+    padded: int = 0  # filler rows verified because more rows cost less there (pad_draft)
     forward_tokens: int = 0  # tokens evaluated by verify forwards (pending + drafts), for MBSU
-    accepted: int = 0
+    accepted: int = 0  # of the drafter's tokens
     generated: int = 0
     prefill_s: float = 0.0
     draft_s: float = 0.0
@@ -141,6 +142,23 @@ def valid_draft(draft: Draft, room: int, n_vocab: int | None) -> Draft:
     return Draft([int(t) for t in draft.tokens[:n]], conf, None if draft.probs is None else draft.probs[:n])
 
 
+def pad_draft(draft: Draft, d: int, filler: int) -> Draft:
+    """`draft` cut to d tokens, or filled up to d with `filler` at confidence 0. The loop fills
+    only where its cost curve says d + 1 rows cost less than fewer (llama.cpp's 4-row tiles,
+    see cost.py). The target judges a filler token like any draft token - greedy by argmax,
+    sampling as a point-mass proposal - so output stays exact, and a filler the target happens
+    to predict is a free token."""
+    if d <= len(draft.tokens):
+        return draft.truncate(d)
+    extra = d - len(draft.tokens)
+    probs = draft.probs
+    if probs is not None:  # a model drafter's rows, then point masses on the filler
+        fill = np.zeros((extra, probs.shape[1]), dtype=probs.dtype)
+        fill[:, filler] = 1.0
+        probs = np.concatenate([probs, fill])
+    return Draft(draft.tokens + [filler] * extra, draft.confidence + [0.0] * extra, probs)
+
+
 def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = None,
              config: GenerateConfig | None = None, cost: CostCurve | None = None,
              rng: np.random.Generator | None = None,
@@ -168,15 +186,16 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
 
     while len(out) < limit:
         t0 = time.perf_counter()
-        draft = Draft()
+        own = draft = Draft()  # own: the drafter's tokens in `draft`, which may add filler
         if drafter is not None:
             room = min(cfg.max_draft, limit - len(out) - 1)
-            draft = valid_draft(drafter.draft(room), room, getattr(backend, "n_vocab", None))
-            d = best_draft_length(draft.confidence, cost) if cost is not None else len(draft.tokens)
+            own = valid_draft(drafter.draft(room), room, getattr(backend, "n_vocab", None))
+            d = best_draft_length(own.confidence, cost, room) if cost is not None else len(own.tokens)
             # a backend that computes at least `min_rows` rows per forward anyway (ONNX pads
             # one-token forwards to stay bit-exact) verifies that many drafts for free
-            d = max(d, min(len(draft.tokens), getattr(backend, "min_rows", 1) - 1))
-            draft = draft.truncate(d)
+            d = max(d, min(len(own.tokens), getattr(backend, "min_rows", 1) - 1))
+            own = own.truncate(d)
+            draft = pad_draft(own, d, own.tokens[-1] if own.tokens else pending)
         t1 = time.perf_counter()
         logits = backend.forward([pending, *draft.tokens])
         if cfg.sampling.greedy:
@@ -188,9 +207,10 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
         t2 = time.perf_counter()
 
         stats.target_forwards += 1
-        stats.drafted += len(draft.tokens)
+        stats.drafted += len(own.tokens)
+        stats.padded += len(draft.tokens) - len(own.tokens)
         stats.forward_tokens += 1 + len(draft.tokens)
-        stats.accepted += n_acc
+        stats.accepted += min(n_acc, len(own.tokens))
         stats.draft_s += t1 - t0
         stats.verify_s += t2 - t1  # target forward + acceptance test + cache rollback
         for i, tok in enumerate(new):
@@ -203,8 +223,8 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
             finish = "stop"
         if finish == "stop":
             break
-        if drafter is not None:
-            drafter.update(draft, n_acc, new)
+        if drafter is not None:  # it learns from its own tokens, never from filler
+            drafter.update(own, min(n_acc, len(own.tokens)), new)
         pending = new[-1]
         stats.other_s += time.perf_counter() - t2
 

@@ -242,12 +242,12 @@ class ChainedDrafter:
         pb = self.looks.estimate(key_b, prior=p)
         self._looked = (key_a, a.tokens[0], key_b, mine)
         if self._deep:  # the head's whole chain against the n-grams' draft
-            theirs = self._worth([pa, *a.confidence[1:]])
+            theirs = self._worth([pa, *a.confidence[1:]], max_tokens)
             # its chain is worth at most that of pb then certain tokens: skip the head steps
             # where even that cannot win
-            if self._worth([pb] + [1.0] * (min(self.model.max_depth, max_tokens) - 1)) > theirs:
+            if self._worth([pb] + [1.0] * (min(self.model.max_depth, max_tokens) - 1), max_tokens) > theirs:
                 chain = self.model.peek_chain(max_tokens)
-                if self._worth([pb, *chain.confidence[1:]]) > theirs:
+                if self._worth([pb, *chain.confidence[1:]], max_tokens) > theirs:
                     return self._chain_then_ngrams(max_tokens, len(chain.tokens), pb)
             return Draft(a.tokens, [pa, *a.confidence[1:]], a.probs)
         if agree or pa >= pb:
@@ -262,11 +262,12 @@ class ChainedDrafter:
         after_mine = self.ngram.draft(max_tokens - 1, after=[mine])
         if self._deep:  # both start with `mine`: its chain against the n-grams after it
             # (the shortcut takes `mine` as certain on both sides: exact without a cost curve)
-            theirs = self._worth([1.0, *after_mine.confidence])
-            if self._worth([1.0] * min(self.model.max_depth, max_tokens)) > theirs:  # else it cannot win
+            theirs = self._worth([1.0, *after_mine.confidence], max_tokens)
+            if self._worth([1.0] * min(self.model.max_depth, max_tokens), max_tokens) > theirs:  # else it cannot win
                 chain = self.model.peek_chain(max_tokens)
                 first = chain.confidence[0] if first_confidence is None else first_confidence
-                if self._worth([first, *chain.confidence[1:]]) > self._worth([first, *after_mine.confidence]):
+                if self._worth([first, *chain.confidence[1:]], max_tokens) > \
+                        self._worth([first, *after_mine.confidence], max_tokens):
                     return self._chain_then_ngrams(max_tokens, len(chain.tokens), first)
         if max_tokens > 1 and not after_mine.tokens:
             b = self.model.draft(max_tokens)
@@ -300,10 +301,11 @@ class ChainedDrafter:
             probs[np.arange(len(b.tokens), len(probs)), rest.tokens] = 1.0
         return Draft(b.tokens + rest.tokens, [first_confidence, *b.confidence[1:], *rest.confidence], probs)
 
-    def _worth(self, confidence: list[float]) -> float:
-        """What a candidate draft is worth: tokens per verify time at its best cut, or without a
-        cost curve its expected accepted tokens."""
-        return best_rate(confidence, self.cost) if self.cost is not None else expected_accepted(confidence)
+    def _worth(self, confidence: list[float], room: int) -> float:
+        """What a candidate draft is worth: tokens per verify time at its best cut (or fill, up
+        to the loop's `room`: cost.best_rate), or without a cost curve its expected accepted
+        tokens."""
+        return best_rate(confidence, self.cost, room) if self.cost is not None else expected_accepted(confidence)
 
     def _continue(self, a: Draft, max_tokens: int) -> Draft:
         """`sure`: the model drafts after the n-gram part it keeps."""

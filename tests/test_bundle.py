@@ -186,7 +186,10 @@ def test_bench_on_an_onnx_bundle(bundles, tmp_path):
     report = run_bench(cfg, log=lambda *_: None)
     by = {r["method"]: r for r in report["results"]}
     assert report["backend"] == "onnxruntime"
-    assert by["tasc-spec+gen"]["identical_rows"] == 3 and by["tasc-spec+gen"]["acceptance"] > 0
+    assert by["tasc-spec+gen"]["identical_rows"] == 3 and by["tasc-spec+gen"]["acceptance"] is not None
+    # some forward committed more than one token (plain: exactly one). Not acceptance > 0: on
+    # this random model the few right guesses can fall to filler rows (decode.pad_draft)
+    assert by["tasc-spec+gen"]["tau_mean"] > 1.0
     assert by["plain-unpadded"]["baseline"] == "plain-unpadded"
     assert by["tasc-spec+gen"]["speedup_vs_unpadded_median"] > 0 and 0 <= by["tasc-spec+gen"]["same_as_unpadded_rows"] <= 3
     assert "speedup_vs_unpadded_median" not in by["plain"]
