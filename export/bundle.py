@@ -251,10 +251,12 @@ def _architecture(out: Path, fmt: str, model_path: Path) -> str:
 
 
 def _table_key(task: str, cfg: ExportBundleConfig, state: dict) -> str:
-    """A table depends on its task, its settings and (its generated corpus) on the model."""
+    """A table depends on its task, its settings and (its generated corpus) on the model.
+    `calibrated`: tables since the drafter's export calibration; an older bundle's tables are
+    rebuilt on re-export, from the generations it kept (no new generation)."""
     t = cfg.tables
     return (f"{Path(task).resolve()}|{t.corpus}|{t.train_limit}|{t.max_order}|{t.max_new_tokens}|"
-            f"{state.get('model')}")
+            f"{state.get('model')}|calibrated")
 
 
 def _source_hash(source: Path) -> str:

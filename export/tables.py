@@ -7,6 +7,11 @@ Generating is slow, so it is resumable: each finished row is appended (and flush
 `<out>.generated.jsonl.partial`; a re-run skips the rows already there, and the rows are folded
 into `<out>.generated.jsonl` only when every row is done (a later run with more train rows
 extends that file the same way).
+
+With generations the table also carries the drafter's calibration: each generation replayed
+against a table built without it (k-fold), counting per evidence bucket how often the drafted
+token was the target's (drafters.replay_outcomes). The drafter starts from these instead of
+its generic prior, which on a steep verify curve is too low to ever draft.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from tasc_edge.cost import measure_cost_curve
 from tasc_edge.decode import GenerateConfig, generate
-from tasc_edge.drafters import make_drafter
+from tasc_edge.drafters import make_drafter, replay_outcomes
 from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_text
 from tasc_edge.ngram import NgramTable
@@ -60,12 +65,17 @@ def build_task_table(backend, cfg: ExportTablesConfig, out: Path, log=print) -> 
     ref_seqs = task_sequences([r.output for r in task.train], backend.tokenize, backend.end_of_turn())
     reference = NgramTable.build(ref_seqs, backend.tokenizer_hash, cfg.max_order)
     sequences: list[list[int]] = []
+    generated: list[tuple] = []
     if cfg.corpus in ("reference", "both"):
         sequences += ref_seqs
     if cfg.corpus in ("generated", "both"):
         rows = task.train[: cfg.train_limit] if cfg.train_limit else task.train
-        sequences += generated_corpus(backend, rows, reference, cfg, out, log)
+        generated = generated_corpus(backend, rows, reference, cfg, out, log)
+        sequences += [ids for _, ids in generated]
     table = NgramTable.build(sequences, backend.tokenizer_hash, cfg.max_order)
+    if len(generated) >= 2:
+        table.calibration = calibrate(backend, generated, sequences[: len(sequences) - len(generated)],
+                                      cfg, log)
     table.save(out)
     log(f"wrote {out}: {table.n_sequences} sequences, {table.n_tokens} tokens, "
         f"{table.nbytes / 1e6:.2f} MB in memory, {out.stat().st_size / 1e6:.2f} MB on disk")
@@ -117,7 +127,27 @@ def generated_corpus(backend, rows, reference: NgramTable,
         earlier = final.read_text(encoding="utf-8") if final.is_file() else ""
         atomic_write_text(final, earlier + partial.read_text(encoding="utf-8"))
         partial.unlink()
-    return [done[r.id] for r in rows if r.id in done and len(done[r.id]) >= 2]
+    return [(r, done[r.id]) for r in rows if r.id in done and len(done[r.id]) >= 2]
+
+
+def calibrate(backend, generated: list[tuple], others: list[list[int]], cfg: ExportTablesConfig,
+              log, folds: int = 4) -> dict[tuple, tuple[int, int]]:
+    """Per drafter bucket, (right, judged) over the target's generations (row, ids), each fold
+    replayed against a table of the other folds plus `others` (the rest of the corpus)."""
+    folds = min(folds, len(generated))
+    total: dict[tuple, list[int]] = {}
+    for f in range(folds):
+        rest = others + [ids for i, (_, ids) in enumerate(generated) if i % folds != f]
+        table = NgramTable.build(rest, backend.tokenizer_hash, cfg.max_order)
+        runs = [(backend.chat_prompt(row.prompt), ids) for i, (row, ids) in enumerate(generated) if i % folds == f]
+        for bucket, (right, judged) in replay_outcomes(table, runs).items():
+            stat = total.setdefault(bucket, [0, 0])
+            stat[0] += right
+            stat[1] += judged
+    right, judged = sum(r for r, _ in total.values()), sum(n for _, n in total.values())
+    log(f"calibrated the drafter on {len(generated)} generations ({folds}-fold): {judged} drafted "
+        f"tokens judged, {right / max(judged, 1):.0%} right, {len(total)} buckets")
+    return {b: (r, n) for b, (r, n) in total.items()}
 
 
 def train_generations(backend, rows, ref_seqs: list[list[int]], cfg: ExportTablesConfig, table_path: Path,

@@ -82,6 +82,10 @@ class NgramTable:
         self.tokenizer_hash = tokenizer_hash
         self.n_sequences = n_sequences
         self.n_tokens = n_tokens
+        # bucket -> (right, judged): how often a drafter using this table drafted the target's
+        # own tokens, measured at export on held-out generations (drafters.replay_outcomes).
+        # Optional arrays in the file: an older table has none, an older reader skips them.
+        self.calibration: dict[tuple[int, ...], tuple[int, int]] | None = None
 
     # -- building ---------------------------------------------------------------------------
     @classmethod
@@ -158,6 +162,9 @@ class NgramTable:
             arrays[f"offsets_{k}"] = self.offsets[k]
             arrays[f"tokens_{k}"] = self.tokens[k]
             arrays[f"counts_{k}"] = self.counts[k]
+        if self.calibration:
+            arrays["calibration_buckets"] = np.array(list(self.calibration), dtype=np.int64)
+            arrays["calibration_counts"] = np.array(list(self.calibration.values()), dtype=np.int64)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         atomic_write_bytes(Path(path), buf.getvalue())
@@ -177,6 +184,9 @@ class NgramTable:
                             [z[f"tokens_{k}"] for k in range(n - 1)],
                             [z[f"counts_{k}"] for k in range(n - 1)],
                             str(z["tokenizer_hash"]), int(z["n_sequences"]), int(z["n_tokens"]))
+                if "calibration_buckets" in z.files:
+                    table.calibration = {tuple(int(x) for x in b): (int(c[0]), int(c[1])) for b, c in
+                                         zip(z["calibration_buckets"], z["calibration_counts"])}
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
             raise TascError(f"{path}: not a readable tasc-edge n-gram table ({e}); rebuild it") from e
         if expect_tokenizer_hash is not None and table.tokenizer_hash != expect_tokenizer_hash:

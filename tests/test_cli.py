@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tasc_edge.cli import main
+from tasc_edge.ngram import NgramTable
 from tiny_gguf import write_tiny_gguf
 
 pytest.importorskip("llama_cpp")
@@ -118,6 +119,9 @@ def test_export_generated_corpus_resumes(model, task, tmp_path, capsys):
     assert sorted(gen.read_text().splitlines()) == sorted(lines) and not partial.exists()
     code, stdout, _ = run_cli(args, capsys)
     assert code == 0 and not re.search(r"generated \d+/", stdout)
+    # the drafter's calibration, replayed along the generations: every judged token counted
+    calibration = NgramTable.load(out).calibration
+    assert calibration and all(0 <= r <= n for r, n in calibration.values()) and "calibrated the drafter" in stdout
 
 
 def test_console_script_is_installed():

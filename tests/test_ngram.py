@@ -67,6 +67,10 @@ def test_save_load_round_trip(tmp_path, corpus):
         if a[1] is not None:
             assert a[1].tokens.tolist() == b[1].tokens.tolist()
     assert not list(tmp_path.glob("*.tmp"))  # atomic write left no temp file
+    assert loaded.calibration is None  # built here, not calibrated by an export
+    table.calibration = {(3, 3, 3): (99, 100), (0, 1, 2): (1, 5)}
+    table.save(path)
+    assert NgramTable.load(path).calibration == table.calibration
 
 
 def test_load_refuses_other_tokenizer(tmp_path, corpus):

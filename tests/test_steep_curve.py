@@ -1,10 +1,14 @@
-"""Filling a draft up to the row count the verify curve makes cheapest (cost.py, decode.pad_draft).
+"""The loop on a steep, sawtooth verify curve: filling drafts to the cheapest row count
+(cost.py, decode.pad_draft) and exploring with optimistic acceptance estimates
+(drafters.AcceptanceCalibrator).
 
 llama.cpp multiplies 4 rows at a time on x86, so a forward over 8 rows can cost less than one
 over 5. The loop then verifies filler past the drafter's tokens: these tests pin when it does
 (only where more rows cost less), that a filler row is a point-mass proposal in sampling (so
 output keeps the target distribution), and that greedy output stays plain greedy's on a real
-llama.cpp model while filling happens.
+llama.cpp model while filling happens. Where a second row costs twice the first, a drafter
+whose prior is pessimistic never drafts and so never learns it was right: the estimates are
+optimistic until outcomes come in.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import pytest
 from stats import chi_square_pvalue
 from tasc_edge.cost import CostCurve, best_draft_length, best_rate
 from tasc_edge.decode import Draft, GenerateConfig, generate, pad_draft
+from tasc_edge.drafters import (CALIBRATION_WEIGHT, AcceptanceCalibrator, NgramDraftConfig, NgramDrafter,
+                                replay_outcomes)
+from tasc_edge.ngram import NgramTable
 from tasc_edge.verify import SamplingConfig, target_probs, verify_sampling
 
 # t(k) in ms, k = 1..16, measured on Gemma 3 270M q4_0 (llama.cpp, 2-core AMD EPYC, logits for
@@ -91,6 +98,41 @@ def test_filled_sampling_follows_the_target():
     assert second.sum() > 5_000 and chi_square_pvalue(second, p1) > 1e-3
 
 
+def test_optimism_fades_to_the_posterior_mean():
+    plain, optimist = AcceptanceCalibrator(4.0), AcceptanceCalibrator(4.0, explore=1.0)
+    assert plain.estimate("b", prior=0.8) == pytest.approx(0.8)  # no optimism: the prior
+    assert optimist.estimate("b", prior=0.8) > 0.95  # unseen: one posterior std above it
+    for i in range(400):  # right 99% of the time
+        for c in (plain, optimist):
+            c.observe("b", accepted=i % 100 != 0)
+    mean = plain.estimate("b", prior=0.8)
+    assert 0.97 < mean < optimist.estimate("b", prior=0.8) < mean + 0.01
+
+
+def test_replay_counts_drafts_as_verification_judges_them():
+    table = NgramTable.build([[1, 2, 3, 4, 5, 6]], "h")
+    # along the table's own sequence every draft is right: from position 1 on it drafts the
+    # rest of it (5, 4, 3, 2, 1 tokens); position 0 has no context to match
+    seen = replay_outcomes(table, [([9], [1, 2, 3, 4, 5, 6])])
+    assert sum(r for r, _ in seen.values()) == sum(n for _, n in seen.values()) == 15
+    # 1 then 7: at position 1 it drafts 2 (right) then 3 (wrong, and judging stops); at
+    # position 2 it drafts 3 (wrong)
+    seen = replay_outcomes(table, [([9], [1, 2, 7])])
+    assert (sum(r for r, _ in seen.values()), sum(n for _, n in seen.values())) == (1, 3)
+
+
+def test_export_calibration_seeds_the_drafter_capped():
+    table = NgramTable.build([[1, 2, 3, 4, 5, 6]], "h")
+    table.calibration = {(3, 3, 3): (990, 1000), (0, 1, 2): (1, 4)}
+    seen = NgramDrafter(table).calibrator.seen
+    assert seen[(3, 3, 3)] == pytest.approx([0.99 * CALIBRATION_WEIGHT, CALIBRATION_WEIGHT])
+    assert seen[(0, 1, 2)] == [1, 4]  # fewer outcomes than the cap: as measured
+    bare = NgramDrafter(NgramTable.build([[1, 2, 3]], "h"))
+    assert not bare.calibrator.seen
+    # optimism stands in for a missing calibration only: it costs drafts verified to be wrong
+    assert NgramDrafter(table).calibrator.explore == 0.0 and bare.calibrator.explore > 0
+
+
 llama_backend = pytest.importorskip("tasc_edge.runtime.llama_backend")
 
 
@@ -131,3 +173,29 @@ def test_filled_greedy_equals_plain_on_llama_cpp(tmp_path):
             assert all(len(toks) <= 6 and n <= len(toks) for toks, n in drafter.updates)
             assert got.stats.accepted <= got.stats.drafted
         assert padded > 0  # the test really filled
+
+
+def test_a_pessimistic_prior_drafts_when_optimistic_or_calibrated(tmp_path):
+    """A task table made of the model's own outputs drafts right, but its prior estimates
+    (0.8 x the n-gram mixture's peak) never pay for rows costing 2-3x the first: without
+    optimism it never drafts, never verifies, never learns. With optimism, or with the
+    calibration an export measures along the model's outputs, it drafts."""
+    from tiny_gguf import write_tiny_gguf
+
+    path = write_tiny_gguf(tmp_path / "tiny.gguf", seed=3)
+    cfg = GenerateConfig(max_new_tokens=48, max_draft=12, stop_tokens=frozenset())
+    with llama_backend.LlamaCppBackend(path, n_ctx=256, n_threads=2) as b:
+        prompts = [b.chat_prompt(t) for t in ("the large coffee", "hello json two milk",
+                                              "order size drink", "two milk please")]
+        refs = [generate(b, p, None, cfg).tokens for p in prompts]
+        table = NgramTable.build([r + [2] for r in refs], b.tokenizer_hash)
+        calibrated = NgramTable.build([r + [2] for r in refs], b.tokenizer_hash)
+        calibrated.calibration = replay_outcomes(table, zip(prompts, refs))  # what an export measures
+        for t, explore, drafts in ((table, 0.0, False), (table, 1.0, True), (calibrated, 0.0, True)):
+            drafter = NgramDrafter(t, NgramDraftConfig(explore=explore))  # kept across prompts
+            forwards = 0
+            for p, ref in zip(prompts, refs):
+                got = generate(b, p, drafter, cfg, SAWTOOTH)
+                assert got.tokens == ref
+                forwards += got.stats.target_forwards
+            assert (forwards < sum(map(len, refs)) * 0.7) is drafts, (explore, forwards)
