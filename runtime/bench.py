@@ -388,7 +388,7 @@ def _one_run(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBack
                   s.forward_tokens, s.prefill_s, s.draft_s, s.verify_s, s.other_s, draft_steps,
                   first.seconds, first.tokens,
                   reused_tokens=backend.reused_tokens if backend.prefix_cache is not None else None,
-                  padded=s.padded)
+                  padded=s.padded, curve_cost=s.curve_cost or None)
 
 
 def machine_info() -> dict:

@@ -66,6 +66,7 @@ class RowRun:
     error: str | None = None  # the method failed on this row (peers only); excluded from stats
     reused_tokens: int | None = None  # prompt tokens taken from the prefix cache
     padded: int | None = None  # filler rows verified where more rows cost less (decode.pad_draft)
+    curve_cost: float | None = None  # its forwards in t(1) units by the run's cost curve
 
 
 def rows_of(saved: list[dict]) -> list[RowRun]:
@@ -165,7 +166,10 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
                 entry["drafted_wasted"] = drafted - accepted
                 entry["time_split"] = {k: sum(getattr(r, k) for r in mine) / sum(r.total_s for r in mine)
                                        for k in ("prefill_s", "draft_s", "verify_s", "other_s")}
-                if curve is not None and forwards:
+                if all(r.curve_cost for r in mine):  # each forward priced by the curve
+                    entry["speedup_predicted"] = sum(len(r.tokens) for r in mine) / sum(r.curve_cost for r in mine)
+                elif curve is not None and forwards:  # a report from before rows carried it:
+                    # the curve at the mean rows per forward, which a sawtooth curve misprices
                     mean_k = sum(r.forward_tokens for r in mine) / forwards
                     lo = int(mean_k)
                     c = curve.cost(lo) + (mean_k - lo) * (curve.cost(lo + 1) - curve.cost(lo))

@@ -88,6 +88,7 @@ class DecodeStats:
     drafted: int = 0  # the drafter's tokens sent to verification
     padded: int = 0  # filler rows verified because more rows cost less there (pad_draft)
     forward_tokens: int = 0  # tokens evaluated by verify forwards (pending + drafts), for MBSU
+    curve_cost: float = 0.0  # the forwards' time in t(1) units as the loop's cost curve puts it
     accepted: int = 0  # of the drafter's tokens
     generated: int = 0
     prefill_s: float = 0.0
@@ -210,6 +211,7 @@ def generate(backend: Backend, prompt: Sequence[int], drafter: Drafter | None = 
         stats.drafted += len(own.tokens)
         stats.padded += len(draft.tokens) - len(own.tokens)
         stats.forward_tokens += 1 + len(draft.tokens)
+        stats.curve_cost += cost.cost(1 + len(draft.tokens)) if cost is not None else 0.0
         stats.accepted += min(n_acc, len(own.tokens))
         stats.draft_s += t1 - t0
         stats.verify_s += t2 - t1  # target forward + acceptance test + cache rollback

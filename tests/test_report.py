@@ -39,6 +39,11 @@ def test_mbsu_and_speedup_arithmetic_on_known_inputs():
     assert spec["speedup_predicted"] == pytest.approx((18 / 7) / 2.0)
     assert plain["tau_mean"] == 1.0 and plain["speedup_median"] == 1.0
     assert mean_k == 3
+    # rows that carry each forward's price on the curve (decode.DecodeStats.curve_cost) are
+    # predicted from it: on a sawtooth curve the price at the mean row count is no estimate
+    priced = [replace(r, curve_cost=cc) for r, cc in zip(runs, (None, 4.5, None, 3.5))]
+    spec = bench.summarise(priced, ["plain", "tasc-spec"], curve)[1]
+    assert spec["speedup_predicted"] == pytest.approx(18 / (4.5 + 3.5))
 
 
 def test_decode_phase_speedup_leaves_out_the_first_forward():

@@ -164,7 +164,9 @@ def test_filled_greedy_equals_plain_on_llama_cpp(tmp_path):
         padded = 0
         for text in ("the large coffee", "hello json two milk", "order size drink"):
             prompt = b.chat_prompt(text)
-            ref = generate(b, prompt, None, cfg).tokens
+            plain = generate(b, prompt, None, cfg, SAWTOOTH)  # one row a forward: t(1) each
+            ref = plain.tokens
+            assert plain.stats.curve_cost == plain.stats.target_forwards
             drafter = EveryOther(ref, length=6)
             got = generate(b, prompt, drafter, cfg, SAWTOOTH)
             assert got.tokens == ref
