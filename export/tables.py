@@ -64,18 +64,14 @@ def build_task_table(backend, cfg: ExportTablesConfig, out: Path, log=print) -> 
     # as corpus sequences when the reference outputs are part of the export
     ref_seqs = task_sequences([r.output for r in task.train], backend.tokenize, backend.end_of_turn())
     reference = NgramTable.build(ref_seqs, backend.tokenizer_hash, cfg.max_order)
-    sequences: list[list[int]] = []
-    generated: list[tuple] = []
-    if cfg.corpus in ("reference", "both"):
-        sequences += ref_seqs
+    references = ref_seqs if cfg.corpus in ("reference", "both") else []
+    generated: list[tuple] = []  # (train row, the target's tokens for it)
     if cfg.corpus in ("generated", "both"):
         rows = task.train[: cfg.train_limit] if cfg.train_limit else task.train
         generated = generated_corpus(backend, rows, reference, cfg, out, log)
-        sequences += [ids for _, ids in generated]
-    table = NgramTable.build(sequences, backend.tokenizer_hash, cfg.max_order)
+    table = NgramTable.build(references + [ids for _, ids in generated], backend.tokenizer_hash, cfg.max_order)
     if len(generated) >= 2:
-        table.calibration = calibrate(backend, generated, sequences[: len(sequences) - len(generated)],
-                                      cfg, log)
+        table.calibration = calibrate(backend, generated, references, cfg, log)
     table.save(out)
     log(f"wrote {out}: {table.n_sequences} sequences, {table.n_tokens} tokens, "
         f"{table.nbytes / 1e6:.2f} MB in memory, {out.stat().st_size / 1e6:.2f} MB on disk")

@@ -48,10 +48,11 @@ class AcceptanceCalibrator:
     loop verifies it, and where the verify curve is steep a pessimistic prior never gets a
     draft verified, so it is never corrected: on Gemma 3 q4_0 (t(2)/t(1) = 2.2) the n-grams'
     most common bucket had prior 0.80 and was right 99% of the time in hindsight, and they
-    never drafted at all. Optimism costs too, in drafts verified to learn they are wrong (3-5%
-    of wall time once drafting works, same rows): so the n-gram drafter uses it only when its
-    table carries no export calibration (replay_outcomes), and a model drafter, whose prior is
-    its own probability, not at all. Nor does a calibrator that learns from every case
+    never drafted at all. Optimism costs too, in drafts verified to learn they are wrong: on
+    held-apart rows it was 1-10% slower than starting from the outcomes an export measured
+    (scripts/policy_ab.py), so the n-gram drafter uses it only when its table carries no
+    export calibration (replay_outcomes), and a model drafter, whose prior is its own
+    probability, not at all. Nor does a calibrator that learns from every case
     (ChainedDrafter's looks: verification reveals the true token whatever was drafted)."""
 
     def __init__(self, prior_strength: float, explore: float = 0.0) -> None:
@@ -86,10 +87,10 @@ class NgramDrafter:
         if task is not None and task.max_order < self.cfg.max_order:
             self.cfg = NgramDraftConfig(**{**self.cfg.__dict__, "max_order": task.max_order})
         self.task = task
-        calibrated = task is not None and bool(task.calibration)
+        calibration = (task.calibration if task is not None else None) or {}
         self.calibrator = AcceptanceCalibrator(  # kept across prompts
-            self.cfg.prior_strength, 0.0 if calibrated else self.cfg.explore)
-        for bucket, (right, judged) in (task.calibration or {}).items() if task is not None else ():
+            self.cfg.prior_strength, 0.0 if calibration else self.cfg.explore)
+        for bucket, (right, judged) in calibration.items():
             # what the export measured, worth at most CALIBRATION_WEIGHT outcomes: enough to
             # start drafting where the prior would not, little enough to follow this run
             scale = min(1.0, CALIBRATION_WEIGHT / judged)
