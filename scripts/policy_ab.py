@@ -9,6 +9,8 @@ Each drafting method runs four times per row, its n-gram part set up as:
                     without export calibration gets
   fill+calibration  the estimates start from the export's calibration (NgramTable.calibration),
                     no optimism: the defaults for an exported bundle's tables
+  max-draft=N       with --max-draft N: fill+calibration, the loop allowed N drafts per forward
+                    instead of GenerateConfig's default (where t(16) ~ t(12), 15 may pay)
 Rows run cold, methods rotated per row, with the bench's own drafters and run function. Prints,
 per task and method, tokens/s, tau, filler rows per forward, outputs identical to plain, and
 per-row time ratios of each variant over fill+calibration (> 1: the defaults are faster) with
@@ -24,7 +26,7 @@ import json
 import os
 import statistics
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: as the CLI does, so BLAS does not fight llama.cpp's threads
@@ -70,6 +72,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=20)
     ap.add_argument("--skip", type=int, default=0)
     ap.add_argument("--out", default=None, help="write every row's runs here (JSON)")
+    ap.add_argument("--max-draft", type=int, default=None, help="add a max-draft=N variant")
+    ap.add_argument("--only", default=None, help="run just these variants (comma-separated; the default always runs)")
     args = ap.parse_args()
 
     bundle = load_bundle(args.bundle)
@@ -77,16 +81,23 @@ def main() -> None:
                       limit=args.limit)
     drafting = args.methods.split(",")
     backend = open_backend(bundle, n_ctx=cfg.n_ctx)
-    check_exact_batching(backend, cfg.max_draft + 1)
-    measured = measure_cost_curve(backend, max_k=16)
+    check_exact_batching(backend, max(cfg.max_draft, args.max_draft or 0) + 1)
+    measured = measure_cost_curve(backend, max_k=max(16, (args.max_draft or 0) + 1))
     # name: (curve, optimism, export calibration)
     variants = {"before": (monotone(measured), 0.0, False), "fill": (measured, 0.0, False),
                 "fill+explore": (measured, 1.0, False), "fill+calibration": (measured, 0.0, True)}
     default = "fill+calibration"
+    if args.max_draft:
+        variants[f"max-draft={args.max_draft}"] = variants[default]
+    if args.only:
+        keep = {default, *args.only.split(",")}
+        variants = {k: v for k, v in variants.items() if k in keep}
     print(f"t(1) {measured.step_seconds * 1e3:.1f} ms; t(k)/t(1) " + " ".join(f"{r:.2f}" for r in measured.ratios))
     models = {m: open_drafter(bundle, v, backend, n_threads=backend.n_threads)
               for m in drafting if (v := drafter_variant(m))}
     gen_cfg = GenerateConfig(cfg.max_new_tokens, cfg.max_draft, stop_tokens=backend.stop_tokens)
+    gen_cfgs = {pol: replace(gen_cfg, max_draft=args.max_draft) if pol.startswith("max-draft=") else gen_cfg
+                for pol in variants}
     runs = []
     for name in cfg.datasets:
         task = load_task(Path(cfg.data_root) / name)
@@ -103,7 +114,7 @@ def main() -> None:
             prompt = backend.chat_prompt(row.prompt)
             for m, pol in plan[i % len(plan):] + plan[: i % len(plan)]:
                 r = _one_run(m, name, row, prompt, backend, drafters[pol if m != "plain" else default], {},
-                             gen_cfg, None if m == "plain" else variants[pol][0], cfg)
+                             gen_cfgs.get(pol, gen_cfg), None if m == "plain" else variants[pol][0], cfg)
                 got[(m, pol)].append(r)
                 times.setdefault(row.id, {})[f"{m}/{pol}"] = r.total_s
                 runs.append({"policy": pol, **asdict(r)})
