@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from tasc_edge.decode import Draft
+from tasc_edge.decode import Draft, common_prefix_length
 from tasc_edge.errors import TascError
 from tasc_edge.ngram import ContextNgrams, NgramTable
 
@@ -166,20 +166,14 @@ def replay_outcomes(table: NgramTable, runs: Iterable[tuple[Sequence[int], Seque
     the target repeats its own phrasing - on Gemma 3 q4_0 e2e_nlg the commonest bucket had
     prior 0.80 and was right 99% of the time."""
     drafter = NgramDrafter(table, NgramDraftConfig(max_order=table.max_order, min_survival=0.0))
-    outcomes: dict[tuple, list[int]] = {}
+    drafter.calibrator.seen.clear()  # count only this replay, not what the table may carry
     for prompt, output in runs:
         drafter.begin(prompt)
         for i in range(len(output)):
             draft = drafter.draft(max_draft)
-            for j, token in enumerate(draft.tokens):
-                right = i + j < len(output) and token == output[i + j]
-                stat = outcomes.setdefault(drafter._buckets[j], [0, 0])
-                stat[0] += int(right)
-                stat[1] += 1
-                if not right:
-                    break
-            drafter.context.extend([output[i]])
-    return {b: (r, n) for b, (r, n) in outcomes.items()}
+            # the drafter's own update judges as the loop does: up to the first rejection
+            drafter.update(draft, common_prefix_length(draft.tokens, output[i:]), [output[i]])
+    return {b: (r, n) for b, (r, n) in drafter.calibrator.seen.items()}
 
 
 def make_drafter(method: str, table: NgramTable | None,
