@@ -83,12 +83,13 @@ def main() -> None:
     backend = open_backend(bundle, n_ctx=cfg.n_ctx)
     check_exact_batching(backend, max(cfg.max_draft, args.max_draft or 0) + 1)
     measured = measure_cost_curve(backend, max_k=max(16, (args.max_draft or 0) + 1))
-    # name: (curve, optimism, export calibration)
-    variants = {"before": (monotone(measured), 0.0, False), "fill": (measured, 0.0, False),
-                "fill+explore": (measured, 1.0, False), "fill+calibration": (measured, 0.0, True)}
+    # name: (curve, optimism, export calibration, drafts per forward at most)
+    md = cfg.max_draft
+    variants = {"before": (monotone(measured), 0.0, False, md), "fill": (measured, 0.0, False, md),
+                "fill+explore": (measured, 1.0, False, md), "fill+calibration": (measured, 0.0, True, md)}
     default = "fill+calibration"
     if args.max_draft:
-        variants[f"max-draft={args.max_draft}"] = variants[default]
+        variants[f"max-draft={args.max_draft}"] = (measured, 0.0, True, args.max_draft)
     if args.only:
         keep = {default, *args.only.split(",")}
         variants = {k: v for k, v in variants.items() if k in keep}
@@ -96,13 +97,12 @@ def main() -> None:
     models = {m: open_drafter(bundle, v, backend, n_threads=backend.n_threads)
               for m in drafting if (v := drafter_variant(m))}
     gen_cfg = GenerateConfig(cfg.max_new_tokens, cfg.max_draft, stop_tokens=backend.stop_tokens)
-    gen_cfgs = {pol: replace(gen_cfg, max_draft=args.max_draft) if pol.startswith("max-draft=") else gen_cfg
-                for pol in variants}
+    gen_cfgs = {pol: replace(gen_cfg, max_draft=v[3]) for pol, v in variants.items()}
     runs = []
     for name in cfg.datasets:
         task = load_task(Path(cfg.data_root) / name)
         drafters = {}
-        for pol, (c, explore, calibrated) in variants.items():
+        for pol, (c, explore, calibrated, _) in variants.items():
             drafters[pol] = set_ngram_estimates(_drafters(name, task, backend, cfg, drafting, bundle, models, c),
                                                 explore, calibrated)
         rows = [r for r in task.test if len(backend.chat_prompt(r.prompt)) + cfg.max_new_tokens <= backend.n_ctx]
