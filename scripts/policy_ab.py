@@ -37,7 +37,8 @@ from tasc_edge.cost import CostCurve, measure_cost_curve  # noqa: E402
 from tasc_edge.decode import GenerateConfig  # noqa: E402
 from tasc_edge.drafters import NgramDrafter  # noqa: E402
 from tasc_edge.files import atomic_write_text  # noqa: E402
-from tasc_edge.runtime.bench import BenchConfig, _drafters, _one_run  # noqa: E402
+from tasc_edge.runtime.bench import BenchConfig  # noqa: E402
+from tasc_edge.runtime.bench_methods import method_drafters, run_method  # noqa: E402
 from tasc_edge.runtime.bench_summary import drafter_variant  # noqa: E402
 from tasc_edge.runtime.bundle import load_bundle, open_backend, open_drafter  # noqa: E402
 from tasc_edge.runtime.run import check_exact_batching  # noqa: E402
@@ -103,7 +104,7 @@ def main() -> None:
         task = load_task(Path(cfg.data_root) / name)
         drafters = {}
         for pol, (c, explore, calibrated, _) in variants.items():
-            drafters[pol] = set_ngram_estimates(_drafters(name, task, backend, cfg, drafting, bundle, models, c),
+            drafters[pol] = set_ngram_estimates(method_drafters(name, task, backend, cfg, drafting, bundle, models, c),
                                                 explore, calibrated)
         rows = [r for r in task.test if len(backend.chat_prompt(r.prompt)) + cfg.max_new_tokens <= backend.n_ctx]
         rows = rows[args.skip: args.skip + args.limit]
@@ -113,7 +114,7 @@ def main() -> None:
         for i, row in enumerate(rows):
             prompt = backend.chat_prompt(row.prompt)
             for m, pol in plan[i % len(plan):] + plan[: i % len(plan)]:
-                r = _one_run(m, name, row, prompt, backend, drafters[pol if m != "plain" else default], {},
+                r = run_method(m, name, row, prompt, backend, drafters[pol if m != "plain" else default], {},
                              gen_cfgs.get(pol, gen_cfg), None if m == "plain" else variants[pol][0], cfg)
                 got[(m, pol)].append(r)
                 times.setdefault(row.id, {})[f"{m}/{pol}"] = r.total_s
