@@ -122,7 +122,7 @@ CASES = [
     Case("ctrl-c-during-export", lambda e: (e.monkeypatch.setattr(
         "tasc_edge.export.bundle.build_task_table", interrupt), export_args(e))[1], "interrupted", code=130,
          incomplete="new-bundle/manifest.json"),
-    Case("ctrl-c-during-bench", lambda e: (e.monkeypatch.setattr("tasc_edge.runtime.bench._one_run", interrupt),
+    Case("ctrl-c-during-bench", lambda e: (e.monkeypatch.setattr("tasc_edge.runtime.bench.run_method", interrupt),
                                            ["bench", "--model", str(e.model), "--quant", "as-is", "--data-root",
                                             str(e.task.parent), "--datasets", e.task.name, "--methods", "plain",
                                             "--limit", "2", "--n-ctx", "256", "--out", str(e.root / "bench-out"),
