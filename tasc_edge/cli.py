@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write an artifact bundle: model, tokenizer, task tables, "
                                         "manifest (workstation side)")
-    exp.add_argument("--task", required=True, help="a task (directory, .jsonl or demo); "
-                                                   "comma-separated for several tables")
+    exp.add_argument("--task", required=True, action="append",
+                     help="a task (directory, .jsonl or demo); repeat it or separate by commas "
+                          "for several tables")
     exp.add_argument("--format", default="gguf", choices=["onnx", "gguf", "both", "tables"],
                      help="bundle model format; `tables` writes one .npz table to --out only")
     exp.add_argument("--onnx-quant", default="int4", choices=["fp32", "int8", "int4"],
@@ -345,7 +346,11 @@ def _report(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from tasc_edge.export.tables import ExportTablesConfig, export_tables
 
-    cfg = ExportTablesConfig(task=args.task, corpus=args.corpus, train_limit=args.train_limit,
+    # `--task a --task b` and `--task a,b` mean the same; a repeated flag must not keep only the last.
+    tasks = [t for arg in args.task for t in arg.split(",") if t]
+    if args.format == "tables" and len(tasks) != 1:
+        raise TascError(f"--format tables writes one table; give one --task (got {len(tasks)})")
+    cfg = ExportTablesConfig(task=tasks[0], corpus=args.corpus, train_limit=args.train_limit,
                              max_new_tokens=args.max_new_tokens, max_order=args.max_order,
                              out=args.out, model=args.model, quant=args.quant, n_ctx=args.n_ctx,
                              threads=args.threads)
@@ -363,7 +368,7 @@ def _export(args: argparse.Namespace) -> int:
                                 top_k=top_k, coverage=None if top_k else args.coverage,
                                 untrimmed=not args.no_untrimmed, distill_steps=args.distill_steps,
                                 distill_vocab=args.distill_vocab, max_len=args.distill_max_len)
-    bundle = ExportBundleConfig(tasks=[t for t in args.task.split(",") if t], out=args.out,
+    bundle = ExportBundleConfig(tasks=tasks, out=args.out,
                                 model=args.model, format=args.format, onnx_quant=args.onnx_quant,
                                 gguf_quant=args.quant, tables=cfg, drafter=drafter,
                                 hidden_head=args.hidden_head, hidden_head_steps=args.hidden_head_steps,

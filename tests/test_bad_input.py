@@ -119,6 +119,9 @@ CASES = [
     Case("disk-full-during-export", lambda e: (e.monkeypatch.setattr(
         "tasc_edge.export.bundle.build_task_table", no_space), export_args(e))[1], "No space left on device",
          incomplete="new-bundle/manifest.json"),
+    Case("tables-with-two-tasks", lambda e: ["export", "--format", "tables", "--task", str(e.task), "--task",
+                                              str(e.task), "--out", str(e.root / "t.npz")],
+         "writes one table", incomplete="t.npz"),
     Case("ctrl-c-during-export", lambda e: (e.monkeypatch.setattr(
         "tasc_edge.export.bundle.build_task_table", interrupt), export_args(e))[1], "interrupted", code=130,
          incomplete="new-bundle/manifest.json"),
