@@ -15,6 +15,9 @@ Methods:
                  forwards on onnxruntime's batched kernels (see onnx_backend): the plain
                  loop a user would write, its own baseline and a fastest-plain candidate
   llama-plain    llama-cpp-python Llama.generate, greedy (the peer's baseline)
+  llama-plain:Q  the same, on --model requantized to Q (e.g. llama-plain:q4_0-pure): another
+                 quantization's plain decoding as a fastest-plain candidate in the same run
+                 (its outputs may differ from the target's: a different model, not a baseline)
   llama-pld      llama-cpp-python with LlamaPromptLookupDecoding, as users run it
   hf-plain       Hugging Face transformers generate() on the same GGUF in torch (fp32)
   hf-pld         transformers generate(prompt_lookup_num_tokens=10)
@@ -58,8 +61,8 @@ from tasc_edge.runtime.bench_summary import (BASELINE, OUR_METHODS, PEER_METHODS
                                            PLAIN_METHODS, RowRun, baseline_of, drafter_variant,
                                            markdown, method_gamma, rows_of, summarise,
                                            sweep_method, time_per_token)
-from tasc_edge.runtime.models import resolve_model
-from tasc_edge.runtime.peers import check_same_tokenizer, load_peers
+from tasc_edge.runtime.models import quant_names, resolve_model
+from tasc_edge.runtime.peers import QUANT_PEER, check_same_tokenizer, is_peer, load_peers, peer_quant
 from tasc_edge.runtime.run import check_exact_batching
 from tasc_edge.runtime.bench_methods import drafter_c, method_drafters, run_method, task_table_of
 from tasc_edge.tasks import load_task
@@ -97,10 +100,14 @@ class BenchConfig:
 
 
 def run_bench(cfg: BenchConfig, log=print) -> dict:
-    unknown = [m for m in cfg.methods if m not in OUR_METHODS + PEER_METHODS and not drafter_variant(m)]
+    unknown = [m for m in cfg.methods if m not in OUR_METHODS and not is_peer(m) and not drafter_variant(m)]
     if unknown:
         raise TascError(f"unknown method(s) {', '.join(unknown)}; choose from "
-                        f"{', '.join(OUR_METHODS + PEER_METHODS)}")
+                        f"{', '.join(OUR_METHODS + PEER_METHODS)}, {QUANT_PEER}<quant>, model:<variant>, "
+                        "chained:<variant>")
+    if bad := [m for m in cfg.methods if (q := peer_quant(m)) is not None and q not in quant_names()]:
+        raise TascError(f"unknown quantization in {', '.join(bad)}; choose {QUANT_PEER}<quant> with one of "
+                        f"{', '.join(quant_names())}")
     if cfg.repeats < 1 or any(g < 1 for g in cfg.gamma_sweep):
         raise TascError("--repeats and every --gamma-sweep value must be >= 1")
     if isinstance(cfg.chain_ask_below, dict) and (stray := set(cfg.chain_ask_below) - set(cfg.datasets)):
@@ -152,9 +159,13 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         check_exact_batching(backend, cfg.max_draft + 1)
         kv = (KV_TYPES["q8_0"], KV_TYPES["f16"]) if onnx else (
             KV_TYPES[backend.type_k], KV_TYPES[backend.type_v])
-        peers = load_peers(methods, peer_model, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens, kv)
+        # `llama-plain:<quant>` requantizes --model's file (the packaged source, not the
+        # target's already-quantized copy); its tokenizer is checked like every peer's
+        peers = load_peers(methods, peer_model, cfg.n_ctx, backend.n_threads, cfg.llama_pld_tokens, kv,
+                           requantized=lambda quant: resolve_model(cfg.model, quant))
         if peers:
             report["peer_model"] = peer_model.name
+            report["peer_models"] = {m: p.model_path.name for m, p in peers.items() if hasattr(p, "model_path")}
             try:
                 check_same_tokenizer(peers, backend)
             except TascError:

@@ -18,10 +18,10 @@ from tasc_edge.errors import TascError
 from tasc_edge.metrics import chrf, exact_match
 from tasc_edge.model_drafter import ChainedDrafter
 from tasc_edge.ngram import NgramTable
-from tasc_edge.runtime.bench_summary import PEER_METHODS, RowRun, drafter_variant, method_gamma
+from tasc_edge.runtime.bench_summary import RowRun, drafter_variant, method_gamma
 from tasc_edge.runtime.bundle import load_table
 from tasc_edge.runtime.llama_backend import LlamaCppBackend
-from tasc_edge.runtime.peers import FirstForwardClock, timed
+from tasc_edge.runtime.peers import FirstForwardClock, is_peer, timed
 from tasc_edge.runtime.run import reference_table
 
 if TYPE_CHECKING:  # bench.py imports this module; the config is only a type here
@@ -102,7 +102,7 @@ def run_method(m: str, dataset: str, row, prompt: list[int], backend: LlamaCppBa
     # Every run starts cold (no cached prompt): the methods of one row run back to back on one
     # cache, and reusing the prompt another method just evaluated would flatter whoever runs
     # second - a request on a device arrives with a prompt nobody has evaluated yet.
-    if m in PEER_METHODS:
+    if is_peer(m):
         peers[m].cold()
         try:
             tokens, secs, first = timed(peers[m], prompt, cfg.max_new_tokens, backend.stop_tokens)

@@ -10,12 +10,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from tasc_edge.cost import CostCurve
-from tasc_edge.runtime.peers import PEER_BASELINE
+from tasc_edge.runtime.peers import PEER_BASELINE, peer_quant
 
 OUR_METHODS = ("plain", "pld", "tasc-spec", "tasc-spec+gen", "plain-unpadded")
 PEER_METHODS = tuple(PEER_BASELINE)
 BASELINE = {**{m: "plain" for m in OUR_METHODS}, "plain-unpadded": "plain-unpadded", **PEER_BASELINE}
 PLAIN_METHODS = ("plain", "plain-unpadded", "llama-plain", "hf-plain")
+
+
+def is_plain(method: str) -> bool:
+    """A plain (no drafting) configuration: its own baseline and a fastest-plain candidate."""
+    return method in PLAIN_METHODS or peer_quant(method) is not None
 
 
 def sweep_method(gamma: int) -> str:
@@ -36,6 +41,8 @@ def drafter_variant(method: str) -> str | None:
 def baseline_of(method: str) -> str:
     if method_gamma(method) is not None or drafter_variant(method) is not None:
         return "plain"
+    if peer_quant(method) is not None:
+        return method
     return BASELINE[method]
 
 
@@ -97,8 +104,8 @@ def summarise(runs: list[RowRun], methods: list[str], curve: CostCurve | None = 
     results = []
     for dataset in dict.fromkeys(r.dataset for r in runs):
         rows = list(dict.fromkeys(r.row for r in runs if r.dataset == dataset))
-        plains = [b for b in PLAIN_METHODS
-                  if all((dataset, row, b) in by for row in rows)] or ["plain"]
+        plains = [b for b in dict.fromkeys(r.method for r in runs)
+                  if is_plain(b) and all((dataset, row, b) in by for row in rows)] or ["plain"]
         for m in methods:
             base = baseline_of(m)
             pairs = [(by[(dataset, row, m)], by[(dataset, row, base)]) for row in rows

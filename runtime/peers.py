@@ -28,6 +28,18 @@ from tasc_edge.runtime.llama_backend import load_seq_state, open_llama, save_seq
 
 PEER_BASELINE = {"llama-plain": "llama-plain", "llama-pld": "llama-plain",
                  "hf-plain": "hf-plain", "hf-pld": "hf-plain"}
+QUANT_PEER = "llama-plain:"  # `llama-plain:<quant>`: plain llama.cpp on another quantization
+
+
+def peer_quant(method: str) -> str | None:
+    """QUANT for `llama-plain:QUANT` (the same model requantized, a fastest-plain candidate
+    measured in the same run), None for every other method."""
+    quant = method.removeprefix(QUANT_PEER) if method.startswith(QUANT_PEER) else ""
+    return quant or None
+
+
+def is_peer(method: str) -> bool:
+    return method in PEER_BASELINE or peer_quant(method) is not None
 
 
 class Peer(Protocol):
@@ -56,6 +68,7 @@ class LlamaPeer:
                               type_k=type_k, type_v=type_v, draft_model=draft,
                               logits_all=draft is not None)
         self.lib = llama_cpp
+        self.model_path = model_path
         self.prefix_cache: PrefixCache | None = None
         self.reused_tokens = 0  # prompt tokens the last generate took from the prefix cache
 
@@ -156,11 +169,17 @@ def load_hf_model(model_path: Path, threads: int) -> object:
 
 
 def load_peers(methods: list[str], model_path: Path, n_ctx: int, threads: int,
-               pld_tokens: int, kv_types: tuple[int, int] = (8, 1)) -> dict[str, Peer]:
+               pld_tokens: int, kv_types: tuple[int, int] = (8, 1),
+               requantized: Callable[[str], Path] | None = None) -> dict[str, Peer]:
+    """One peer per peer method; `requantized(quant)` gives the GGUF for `llama-plain:<quant>`."""
     peers: dict[str, Peer] = {}
     hf_model = None
     for m in methods:
-        if m in ("llama-plain", "llama-pld"):
+        if (quant := peer_quant(m)) is not None:
+            if requantized is None:
+                raise TascError(f"{m} needs the source model to requantize")
+            peers[m] = LlamaPeer(requantized(quant), n_ctx, threads, None, *kv_types)
+        elif m in ("llama-plain", "llama-pld"):
             peers[m] = LlamaPeer(model_path, n_ctx, threads, pld_tokens if m == "llama-pld" else None,
                                  *kv_types)
         elif m in ("hf-plain", "hf-pld"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tasc_edge.errors import TascError, require
 from tasc_edge.predict import DeviceProfile, Prediction, predict, step_efficiency
+from tasc_edge.runtime.bench_summary import is_plain
 
 
 def load_report(path: str | Path) -> dict:
@@ -102,7 +103,7 @@ def write_plots(report: dict, out: Path) -> list[Path]:
     results = report["results"]
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
     methods = [m for m in dict.fromkeys(r["method"] for r in results)
-               if m not in ("plain", "llama-plain", "hf-plain") and "@" not in m]
+               if not is_plain(m) and "@" not in m]
     paths = []
 
     fig, ax = plt.subplots(figsize=(10, 4.5))

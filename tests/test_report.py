@@ -248,3 +248,39 @@ def test_llama_prompt_lookup_peer_runs_prompts_longer_than_a_batch(model):
     finally:
         peer.close()
     assert len(out) == 8 and first == [1]
+
+
+def test_another_quantization_is_a_fastest_plain_candidate(model, data_root, tmp_path, monkeypatch):
+    # `llama-plain:<quant>` runs plain llama.cpp on --model requantized: its own baseline, and a
+    # candidate for the "vs fastest plain" column whichever configuration turns out fastest
+    monkeypatch.setenv("TASC_EDGE_CACHE", str(tmp_path / "cache"))
+    cfg = replace(bench_cfg(model, data_root, tmp_path / "out"), datasets=["slots"],
+                  methods=["plain", "llama-plain", "llama-plain:q4_0", "tasc-spec"])
+    report = bench.run_bench(cfg, log=lambda *_: None)
+    assert report["peer_models"]["llama-plain"] == "tiny.gguf"
+    assert report["peer_models"]["llama-plain:q4_0"].endswith(".q4_0.gguf")
+    entries = {r["method"]: r for r in report["results"]}
+    assert entries["llama-plain:q4_0"]["speedup_median"] == 1.0  # its own baseline
+    loaded = json.loads((tmp_path / "out" / "bench.json").read_text())
+    total = {m: sum(r["total_s"] for r in loaded["rows"] if r["method"] == m)
+             for m in ("plain", "llama-plain", "llama-plain:q4_0")}
+    assert entries["tasc-spec"]["fastest_plain"] == min(total, key=total.get)
+    with pytest.raises(TascError, match="unknown quantization in llama-plain:q9_9"):
+        bench.run_bench(replace(cfg, methods=["plain", "llama-plain:q9_9"], out=str(tmp_path / "o2")),
+                        log=lambda *_: None)
+    with pytest.raises(TascError, match="llama-plain:<quant>"):
+        bench.run_bench(replace(cfg, methods=["plain", "llama-fast"], out=str(tmp_path / "o3")),
+                        log=lambda *_: None)
+
+
+def test_fastest_plain_counts_every_plain_configuration_in_the_run():
+    rows = [run(r, m, [1, 2], t, **({"tau": 2.0, "drafted": 2, "accepted": 1, "forwards": 1, "fwd_tokens": 3}
+                                   if m == "tasc-spec" else {}))
+            for r in ("a", "b") for m, t in (("plain", 1.0), ("llama-plain", 0.6), ("llama-plain:q4_0-pure", 0.4),
+                                             ("tasc-spec", 0.5))]
+    out = {e["method"]: e for e in bench.summarise(rows, ["plain", "llama-plain", "llama-plain:q4_0-pure",
+                                                          "tasc-spec"])}
+    assert out["tasc-spec"]["fastest_plain"] == "llama-plain:q4_0-pure"
+    assert out["tasc-spec"]["speedup_vs_fastest_plain"] == pytest.approx(0.8)
+    assert out["tasc-spec"]["speedup_median"] == pytest.approx(2.0)  # still against its own plain
+    assert out["llama-plain:q4_0-pure"]["speedup_median"] == 1.0
