@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tasc_edge.cost import CostCurve, measure_cost_curve
-from tasc_edge.decode import GenerateConfig
+from tasc_edge.decode import DEFAULT_MAX_DRAFT, GenerateConfig
 from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_text, sha256_file
 from tasc_edge.predict import measure_bandwidth
@@ -82,7 +82,7 @@ class BenchConfig:
     threads: int | None = None
     tables: str | None = None  # folder with <dataset>.npz from `tasc-edge export`
     bundle: str | None = None  # exported bundle: its model (ONNX or GGUF) and its task tables
-    max_draft: int = 12
+    max_draft: int = DEFAULT_MAX_DRAFT
     llama_pld_tokens: int = 10  # LlamaPromptLookupDecoding's default num_pred_tokens
     out: str = "bench-out"
     device: str = "auto"  # profile this bench ran on: on a real Pi, `--device pi5` tags the report

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tasc_edge.cost import measure_cost_curve
-from tasc_edge.decode import GenerateConfig, generate
+from tasc_edge.decode import DEFAULT_MAX_DRAFT, GenerateConfig, generate
 from tasc_edge.drafters import make_drafter
 from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_text
@@ -45,7 +45,7 @@ class FtBenchConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     limit: int = 50
     max_new_tokens: int = 128
-    max_draft: int = 12
+    max_draft: int = DEFAULT_MAX_DRAFT
     n_ctx: int = 2048
     threads: int | None = None
     out: str = "ft-bench-out"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tasc_edge.cost import CostCurve, measure_cost_curve
-from tasc_edge.decode import GenerateConfig, Generation, batch_invariant, generate
+from tasc_edge.decode import DEFAULT_MAX_DRAFT, GenerateConfig, Generation, batch_invariant, generate
 from tasc_edge.drafters import METHODS, NgramDraftConfig, make_drafter
 from tasc_edge.errors import TascError
 from tasc_edge.files import atomic_write_text
@@ -51,7 +51,7 @@ class RunConfig:
     bundle: str | None = None  # an exported bundle: its model, and its table for this task
     drafter: str | None = None  # --method model|chained: the bundle's drafter variant (full, k<K>)
     max_order: int = 4
-    max_draft: int = 12
+    max_draft: int = DEFAULT_MAX_DRAFT
     adaptive: bool = True  # draft length from the measured cost curve and calibrated confidence
     compare: bool = True  # also decode plain for every row (speed-up, identical check)
     allow_inexact: bool = False  # run speculative greedy even if batching is not bit-exact

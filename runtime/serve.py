@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tasc_edge.decode import GenerateConfig, generate
+from tasc_edge.decode import DEFAULT_MAX_DRAFT, GenerateConfig, generate
 from tasc_edge.drafters import make_drafter
 from tasc_edge.errors import TascError, require
 from tasc_edge.verify import SamplingConfig
@@ -132,7 +132,7 @@ class Engine:
             return stopped[0]
 
         drafter = make_drafter(self.method, self.table) if self.method != "plain" else None
-        gen = generate(b, prompt, drafter, GenerateConfig(params["max_tokens"], 12, sampling, b.stop_tokens),
+        gen = generate(b, prompt, drafter, GenerateConfig(params["max_tokens"], DEFAULT_MAX_DRAFT, sampling, b.stop_tokens),
                        None, rng, on_tokens)
         text = b.detokenize(gen.tokens)
         if stopped[0]:

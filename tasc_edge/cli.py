@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from tasc_edge.decode import DEFAULT_MAX_DRAFT
 from tasc_edge.errors import TascError, require
 
 
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-p", type=float, default=1.0)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--table", help="prebuilt task n-gram table (.npz from `tasc-edge export`)")
-    run.add_argument("--max-draft", type=int, default=12)
+    run.add_argument("--max-draft", type=int, default=DEFAULT_MAX_DRAFT)
     run.add_argument("--fixed-gamma", action="store_true",
                      help="draft as far as the n-grams reach, ignoring the cost curve")
     run.add_argument("--no-compare", action="store_true", help="skip the plain run per row")
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-new-tokens", type=int, default=128)
     bench.add_argument("--tables", help="folder of <dataset>.npz tables (tasc-spec+gen)")
     bench.add_argument("--bundle", help="an exported bundle: its model (ONNX or GGUF) and tables")
-    bench.add_argument("--max-draft", type=int, default=12)
+    bench.add_argument("--max-draft", type=int, default=DEFAULT_MAX_DRAFT)
     bench.add_argument("--out", default="bench-out")
     bench.add_argument("--device", default="auto",
                        help="profile of the device this runs on (tags the report; see `report`)")
