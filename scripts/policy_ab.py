@@ -10,7 +10,7 @@ Each drafting method runs four times per row, its n-gram part set up as:
   fill+calibration  the estimates start from the export's calibration (NgramTable.calibration),
                     no optimism: the defaults for an exported bundle's tables
   max-draft=N       with --max-draft N: fill+calibration, the loop allowed N drafts per forward
-                    instead of GenerateConfig's default (where t(16) ~ t(12), 15 may pay)
+                    instead of GenerateConfig's default (decode.DEFAULT_MAX_DRAFT)
 Rows run cold, methods rotated per row, with the bench's own drafters and run function. Prints,
 per task and method, tokens/s, tau, filler rows per forward, outputs identical to plain, and
 per-row time ratios of each variant over fill+calibration (> 1: the defaults are faster) with

@@ -74,10 +74,11 @@ class Drafter(Protocol):
         """`draft` was verified: its first `n_accepted` tokens held; `committed` was appended."""
 
 
-# Drafts per forward at most; the cost curve usually picks fewer. 15, not 12: on llama.cpp's
-# sawtooth t(16) costs about what t(12) does, and side by side the longer cap was 2-5% faster on
-# Gemma 3 (llama.cpp q4_0 and ONNX int8) and neutral on SmolLM2 (docs/results/steep-curve, 9).
-DEFAULT_MAX_DRAFT = 15
+# Drafts per forward at most; the cost curve usually picks fewer. 15 was 2-5% faster on Gemma 3
+# bundles with export-calibrated tables but ~5% slower on the demo, whose uncalibrated (optimistic)
+# estimates then draft longer losing runs: 12 stays the default, 15 a flag for calibrated bundles
+# (docs/results/steep-curve, section 9).
+DEFAULT_MAX_DRAFT = 12
 
 
 @dataclass
